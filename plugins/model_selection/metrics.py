@@ -1,0 +1,92 @@
+"""Metric names and the regular expressions SageMaker's tuner reads from a training log.
+
+The lines and expressions are those of the JumpStart TensorFlow image-classification
+script and the public benchmarking notebook, so a job run by either backend is read
+the same way, and results compare with what SageMaker users already have.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+NUMBER = r"([0-9\.]+)"
+
+MULTICLASS_METRICS = ("loss", "accuracy")
+TOP_K_METRICS = ("top_5_accuracy",)
+BINARY_METRICS = (
+    "loss",
+    "accuracy",
+    "true_pos",
+    "false_pos",
+    "true_neg",
+    "false_neg",
+    "precision",
+    "recall",
+    "auc",
+    "prc",
+)
+TOP_5_MIN_CLASSES = 6
+
+# Figures printed once per job, by the notebook's metric name.
+SUMMARY_METRIC_PATTERNS = {
+    "num_params": "- Number of parameters: ",
+    "num_trainable_params": "- Number of trainable parameters: ",
+    "num_non_trainable_params": "- Number of non-trainable parameters: ",
+    "train_duration": "- Total training duration: ",
+    "train_epoch_duration": "- Average training duration per epoch: ",
+    "test_evaluation_latency": "- Test evaluation latency: ",
+    "test_latency_per_sample": "- Average test latency per sample: ",
+    "test_throughput": "- Average test throughput: ",
+}
+
+
+def dataset_metric_names(num_classes: int, binary: bool) -> tuple[str, ...]:
+    """Metrics computed on each split: binary ones, or loss/accuracy (+top-5 from six classes)."""
+    if binary:
+        return BINARY_METRICS
+    if num_classes >= TOP_5_MIN_CLASSES:
+        return MULTICLASS_METRICS + TOP_K_METRICS
+    return MULTICLASS_METRICS
+
+
+def metric_definitions(dataset_metrics: Iterable[str] = BINARY_METRICS + TOP_K_METRICS) -> list[dict[str, str]]:
+    """SageMaker `MetricDefinitions` for every figure the trainer prints.
+
+    By default it covers every metric any problem type prints, so one request shape
+    serves binary and multi-class data sets alike (absent metrics are simply not found).
+    """
+    definitions = [{"Name": name, "Regex": prefix + NUMBER} for name, prefix in SUMMARY_METRIC_PATTERNS.items()]
+    for metric in dataset_metrics:
+        definitions += [
+            {"Name": f"train_{metric}", "Regex": f"- {metric}: {NUMBER}"},
+            {"Name": f"val_{metric}", "Regex": f"- val_{metric}: {NUMBER}"},
+            {"Name": f"test_{metric}", "Regex": f"- Test {metric}: {NUMBER}"},
+        ]
+    return definitions
+
+
+def extract_final_metrics(log_text: str, definitions: Iterable[Mapping[str, str]]) -> dict[str, float]:
+    """What SageMaker's `FinalMetricDataList` holds: each regex's last match in the log."""
+    found: dict[str, float] = {}
+    for definition in definitions:
+        matches = re.findall(definition["Regex"], log_text)
+        if matches:
+            last = matches[-1]
+            try:
+                found[definition["Name"]] = float(last if isinstance(last, str) else last[0])
+            except ValueError:
+                continue
+    return found
+
+
+def format_number(value: float | int) -> str:
+    """A plain decimal (never exponent form, which `[0-9\\.]+` would misread)."""
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if not math.isfinite(value):
+        raise ValueError(f"metric value {value!r} is not a finite number")
+    return np.format_float_positional(float(value), precision=8, unique=True, trim="-")

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny, generated image data sets and a way to run the trainer for real."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PLUGINS = PROJECT_ROOT / "plugins"
+
+# No test may reach a model hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def write_image_folders(root: Path, classes: int, per_class: int, size: int = 16, seed: int = 0) -> Path:
+    """Class k is a noisy image of its own colour and stripe: learnable in a few epochs."""
+    rng = np.random.default_rng(seed)
+    for label in range(classes):
+        folder = root / f"class_{label:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        colour = rng.integers(0, 256, size=3)
+        for index in range(per_class):
+            pixels = np.clip(colour + rng.normal(0, 25, size=(size, size, 3)), 0, 255)
+            pixels[(label * 3) % size : (label * 3) % size + 2, :, :] = 255
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"image_{index:03d}.png")
+    return root
+
+
+@pytest.fixture
+def dataset(tmp_path: Path):
+    """A factory: channels (training, validation, test) of `classes` classes."""
+
+    def make(classes: int = 3, per_class: int = 8, test: bool = True, validation: bool = True) -> dict[str, Path]:
+        channels = {"training": write_image_folders(tmp_path / "data" / "training", classes, per_class, seed=1)}
+        if validation:
+            channels["validation"] = write_image_folders(tmp_path / "data" / "validation", classes, max(per_class // 2, 2), seed=2)
+        if test:
+            channels["test"] = write_image_folders(tmp_path / "data" / "test", classes, max(per_class // 2, 2), seed=3)
+        return channels
+
+    return make
+
+
+TINY_MODEL = {"model_id": "test_efficientnet", "pretrained": "false", "image_size": "16", "batch_size": "8"}
+
+
+def run_trainer(arguments: list[str], env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """The trainer as SageMaker or the local backend runs it: a separate process."""
+    environment = {**os.environ, "PYTHONPATH": str(PLUGINS), "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "model_selection.local.train", *arguments],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=timeout,
+    )
