@@ -1,0 +1,156 @@
+"""Trainer speed as ratios measured side by side in one run (the machines are shared and noisy).
+
+    python benchmarks/bench_trainer.py [--model resnet50] [--image-size 64]
+
+(a) a top-layer-only training run of 10 epochs / one backbone forward pass over all its images  (goal <= 1.5)
+(b) full fine-tuning images per second / a plain PyTorch loop's                                  (goal >= 0.9)
+(c) the trainer's reported test throughput / an independent timm-benchmark-style measurement     (goal 0.85-1.15)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "include")]
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from make_digits_dataset import write_digits  # noqa: E402
+
+from model_selection.local.data import LabelledImages, load_splits  # noqa: E402
+from model_selection.local.evaluation import Task  # noqa: E402
+from model_selection.local.hyperparameters import parse_hyperparameters  # noqa: E402
+from model_selection.local.images import ImageFiles, Preprocessing  # noqa: E402
+from model_selection.local.model import build_model  # noqa: E402
+from model_selection.local.train import Channels, FitPlan, l2_penalty, make_optimizer, train, train_one_epoch  # noqa: E402
+
+
+def seconds(action) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def all_images(splits) -> LabelledImages:
+    parts = [splits.training, splits.validation, splits.test]
+    return LabelledImages(
+        tuple(path for part in parts for path in part.paths), tuple(label for part in parts for label in part.labels)
+    )
+
+
+def top_layer_ratio(channels: Channels, base: dict, out: Path) -> tuple[float, float, float]:
+    """(a): the whole trainer run, scanning, saving and test evaluation included."""
+    hyperparameters = {**base, "train_only_top_layer": "True", "epochs": "10"}
+    run_seconds = seconds(lambda: train(channels, hyperparameters, out / "top-layer"))
+    hp, _ = parse_hyperparameters(hyperparameters)
+    splits = load_splits(channels.training, channels.validation, channels.test, 0.2, 0)
+    built = build_model(hp, len(splits.classes))
+    model = built.model.eval()
+    loader = torch.utils.data.DataLoader(
+        ImageFiles(all_images(splits), Preprocessing.for_model(model, hp).transform()), batch_size=hp.batch_size
+    )
+
+    @torch.inference_mode()
+    def forward_all() -> None:
+        for images, _ in loader:
+            model(images)
+
+    forward_seconds = seconds(forward_all)
+    return run_seconds / forward_seconds, run_seconds, forward_seconds
+
+
+def full_fine_tuning_ratio(channels: Channels, base: dict, epochs: int = 4) -> tuple[float, float, float]:
+    """(b): the trainer's epoch function against a plain loop, same model, batch size and data, interleaved."""
+    hp, _ = parse_hyperparameters({**base, "train_only_top_layer": "False", "label_smoothing": "0.1"})
+    splits = load_splits(channels.training, channels.validation, None, 0.2, 0)
+    task = Task(len(splits.classes), binary=False, label_smoothing=hp.label_smoothing)
+    device = torch.device("cpu")
+
+    def fresh():
+        built = build_model(hp, task.num_outputs)
+        loader = torch.utils.data.DataLoader(
+            ImageFiles(splits.training, Preprocessing.for_model(built.model, hp).transform()),
+            batch_size=hp.batch_size, shuffle=True, generator=torch.Generator().manual_seed(0),
+        )
+        return built, loader
+
+    built, loader = fresh()
+    plan = FitPlan(loader, loader, built.model, built.model, built.classifier, "off")
+    optimizer = make_optimizer(hp, list(built.model.parameters()))
+    penalty = l2_penalty(built.classifier, hp.regularizers_l2)
+    plain_model, plain_loader = fresh()
+    plain_model = plain_model.model
+    plain_optimizer = make_optimizer(hp, list(plain_model.parameters()))
+
+    def plain_epoch() -> None:
+        plain_model.train()
+        for images, labels in plain_loader:
+            loss = F.cross_entropy(plain_model(images), labels, label_smoothing=hp.label_smoothing)
+            plain_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            plain_optimizer.step()
+
+    def trainer_epoch() -> None:
+        train_one_epoch(plan, task, optimizer, penalty, device)
+
+    trainer_epoch(), plain_epoch()  # warm-up
+    trainer_seconds = plain_seconds = 0.0
+    for epoch in range(epochs):  # alternate which goes first, so drift hits both alike
+        if epoch % 2:
+            plain_seconds += seconds(plain_epoch)
+            trainer_seconds += seconds(trainer_epoch)
+        else:
+            trainer_seconds += seconds(trainer_epoch)
+            plain_seconds += seconds(plain_epoch)
+    images = epochs * len(splits.training)
+    trainer_rate, plain_rate = images / trainer_seconds, images / plain_seconds
+    return trainer_rate / plain_rate, trainer_rate, plain_rate
+
+
+def throughput_ratio(channels: Channels, base: dict, out: Path, iterations: int = 20) -> tuple[float, float, float]:
+    """(c): what the trainer reports against random batches of the same shape through the same model."""
+    hyperparameters = {**base, "train_only_top_layer": "True", "epochs": "1"}
+    reported = train(channels, hyperparameters, out / "throughput")["metrics"]["test_throughput"]
+    hp, _ = parse_hyperparameters(hyperparameters)
+    model = build_model(hp, 10).model.eval()
+    inputs = torch.randn(hp.batch_size, *Preprocessing.for_model(model, hp).input_size)
+    with torch.inference_mode():
+        for _ in range(3):
+            model(inputs)
+        elapsed = seconds(lambda: [model(inputs) for _ in range(iterations)])
+    independent = iterations * hp.batch_size / elapsed
+    return reported / independent, reported, independent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet50", help="model for (a) and (c)")
+    parser.add_argument("--image-size", default="64")
+    parser.add_argument("--fine-tune-model", default="resnet10t", help="model for (b)")
+    arguments = parser.parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        data = write_digits(Path(work) / "digits")
+        channels = Channels(data / "training", data / "validation", data / "test")
+        base = {"model_id": arguments.model, "pretrained": "false", "image_size": arguments.image_size}
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, digits data set (1,797 images)")
+        ratio, run, forward = top_layer_ratio(channels, base, Path(work))
+        print(f"(a) top-layer run of 10 epochs / one forward pass, {arguments.model}@{arguments.image_size}: "
+              f"{ratio:.2f} ({run:.1f}s / {forward:.1f}s; goal <= 1.5)")
+        fine_tune = {**base, "model_id": arguments.fine_tune_model, "image_size": "32"}
+        ratio, trainer_rate, plain_rate = full_fine_tuning_ratio(channels, fine_tune)
+        print(f"(b) full fine-tuning images/s, trainer / plain loop, {arguments.fine_tune_model}@32: "
+              f"{ratio:.2f} ({trainer_rate:.0f} / {plain_rate:.0f}; goal >= 0.9)")
+        ratio, reported, independent = throughput_ratio(channels, base, Path(work))
+        print(f"(c) reported test throughput / independent, {arguments.model}@{arguments.image_size}: "
+              f"{ratio:.2f} ({reported:.0f} / {independent:.0f} images/s; goal 0.85-1.15)")
+
+
+if __name__ == "__main__":
+    main()
