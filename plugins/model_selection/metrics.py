@@ -89,4 +89,4 @@ def format_number(value: float | int) -> str:
         return str(int(value))
     if not math.isfinite(value):
         raise ValueError(f"metric value {value!r} is not a finite number")
-    return np.format_float_positional(float(value), precision=8, unique=True, trim="-")
+    return np.format_float_positional(float(value), precision=8, unique=True, fractional=False, trim="-")
