@@ -1,0 +1,354 @@
+"""A SageMaker-shaped client whose tuning jobs run on this machine.
+
+Method names, request and response shapes and error codes are boto3's SageMaker
+client's for the calls this project makes, so operators, sensors and metrics code
+have one path for both backends. `create_hyper_parameter_tuning_job` returns at once;
+a detached supervisor process (`model_selection.local.supervisor`) runs the trials.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from model_selection.backends.api import (
+    RESOURCE_IN_USE,
+    RESOURCE_NOT_FOUND,
+    VALIDATION,
+    client_error,
+    validate_request,
+)
+from model_selection.local.jobstore import JobStore, now, read_json
+from model_selection.local.strategy import StrategyError, plan_trials
+from model_selection.local.supervisor import PLUGINS_DIR, PYTHON_VARIABLE, kill_process_group, local_path
+
+LOCAL_ACCOUNT_ARN = "arn:aws:sagemaker:local:000000000000"
+LOCAL_CHANNELS = ("training", "validation", "test")
+ACTIVE = ("InProgress", "Stopping")
+TIME_FIELDS = ("CreationTime", "HyperParameterTuningEndTime", "LastModifiedTime", "TrainingStartTime",
+               "TrainingEndTime", "Timestamp")
+
+
+def _arn(kind: str, name: str) -> str:
+    return f"{LOCAL_ACCOUNT_ARN}:{kind}/{name.lower()}"
+
+
+def _with_datetimes(value: Any) -> Any:
+    """boto3 returns timestamps as timezone-aware datetimes; the state files hold ISO strings."""
+    if isinstance(value, dict):
+        return {key: (dt.datetime.fromisoformat(item) if key in TIME_FIELDS and isinstance(item, str)
+                      else _with_datetimes(item)) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_with_datetimes(item) for item in value]
+    return value
+
+
+def _process_alive(pid: int | None, create_time: float | None) -> bool:
+    """True while that very process runs (a reused pid or a zombie does not count)."""
+    import psutil
+
+    if pid is None:
+        return False
+    try:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and (
+            create_time is None or abs(process.create_time() - create_time) < 1.0
+        )
+    except psutil.NoSuchProcess:
+        return False
+
+
+class LocalSageMakerClient:
+    """The subset of boto3's SageMaker client this project uses, backed by a job store."""
+
+    def __init__(self, jobs_root: Path | str | None = None):
+        self.store = JobStore(jobs_root)
+
+    # -- create -----------------------------------------------------------------------------
+    def create_hyper_parameter_tuning_job(self, **request: Any) -> dict[str, Any]:
+        operation = "CreateHyperParameterTuningJob"
+        validate_request(operation, request)
+        self._check_runnable(request)
+        name = request["HyperParameterTuningJobName"]
+        arn = _arn("hyper-parameter-tuning-job", name)
+        state = {
+            "HyperParameterTuningJobName": name,
+            "HyperParameterTuningJobArn": arn,
+            "HyperParameterTuningJobStatus": "InProgress",
+            "CreationTime": now(),
+            "LastModifiedTime": now(),
+            "TrainingJobNames": [],
+        }
+        if not self.store.create_tuning_job(name, request, state):
+            raise client_error(RESOURCE_IN_USE, f"Hyperparameter tuning job {name} already exists", operation)
+        self._start_supervisor(name)
+        return {"HyperParameterTuningJobArn": arn}
+
+    def _check_runnable(self, request: dict[str, Any]) -> None:
+        """What the local backend needs beyond the API shape, checked before anything starts."""
+        from model_selection.local.hyperparameters import HyperparameterError, parse_hyperparameters
+
+        operation = "CreateHyperParameterTuningJob"
+        config = request["HyperParameterTuningJobConfig"]
+        definition = request.get("TrainingJobDefinition")
+        problems: list[str] = []
+        if definition is None:
+            raise client_error(VALIDATION, "the local backend needs TrainingJobDefinition", operation)
+        try:
+            trials = plan_trials(config)
+        except StrategyError as error:
+            problems.append(str(error))
+            trials = []
+        objective = config["HyperParameterTuningJobObjective"]["MetricName"]
+        metric_names = {d["Name"] for d in definition["AlgorithmSpecification"].get("MetricDefinitions", [])}
+        if objective not in metric_names:
+            problems.append(f"objective metric {objective!r} is not among the MetricDefinitions {sorted(metric_names)}")
+        channels = {channel["ChannelName"]: channel for channel in definition.get("InputDataConfig", [])}
+        if "training" not in channels:
+            problems.append("InputDataConfig needs a 'training' channel")
+        for channel_name, channel in channels.items():
+            if channel_name not in LOCAL_CHANNELS:
+                problems.append(f"channel {channel_name!r}: the local backend takes {', '.join(LOCAL_CHANNELS)}")
+                continue
+            uri = channel["DataSource"].get("S3DataSource", {}).get("S3Uri", "")
+            if uri.startswith("s3://") or not Path(local_path(uri)).is_dir():
+                problems.append(f"channel {channel_name!r}: {uri!r} is not a local folder (file:// URI or path)")
+        static = dict(definition.get("StaticHyperParameters") or {})
+        for trial in trials or [{}]:
+            try:
+                parse_hyperparameters({**static, **trial})
+            except HyperparameterError as error:
+                if str(error) not in problems:
+                    problems.append(str(error))
+        if "model_id" not in static:
+            problems.append("StaticHyperParameters needs model_id (the timm model to fine-tune)")
+        if problems:
+            raise client_error(VALIDATION, "; ".join(problems), operation)
+
+    def _start_supervisor(self, name: str) -> None:
+        import psutil
+
+        python = os.environ.get(PYTHON_VARIABLE, sys.executable)
+        environment = {**os.environ,
+                       "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS_DIR), os.environ.get("PYTHONPATH")]))}
+        launcher = subprocess.run(
+            [python, "-m", "model_selection.local.supervisor", str(self.store.root), name],
+            capture_output=True, text=True, env=environment, start_new_session=True, timeout=120,
+        )
+        pid = int(launcher.stdout.strip()) if launcher.returncode == 0 and launcher.stdout.strip() else None
+        try:
+            create_time = psutil.Process(pid).create_time() if pid else None
+        except psutil.NoSuchProcess:  # ended already: record it; describe reads its final state
+            create_time = None
+        folder = self.store.tuning_dir(name)
+        self.store.update_state(folder, lambda state: state.update(SupervisorPid=pid, SupervisorCreateTime=create_time))
+        if pid is None:
+            self._fail_if_unsupervised(folder, f"the supervisor did not start: {launcher.stderr.strip()[-500:]}")
+
+    # -- describe and list ------------------------------------------------------------------
+    def describe_hyper_parameter_tuning_job(self, HyperParameterTuningJobName: str) -> dict[str, Any]:
+        folder = self._tuning_folder(HyperParameterTuningJobName, "DescribeHyperParameterTuningJob")
+        state = self.store.read_state(folder)
+        if state["HyperParameterTuningJobStatus"] in ACTIVE and not _process_alive(
+            state.get("SupervisorPid"), state.get("SupervisorCreateTime")
+        ):
+            state = self._fail_if_unsupervised(
+                folder, f"the local supervisor process (pid {state.get('SupervisorPid')}) ended while the job was "
+                        "in progress: it was killed or the machine restarted"
+            )
+        original = read_json(folder / "request.json")
+        trials = [self.store.read_state(self.store.training_dir(name)) for name in state["TrainingJobNames"]]
+        response = {
+            "HyperParameterTuningJobName": state["HyperParameterTuningJobName"],
+            "HyperParameterTuningJobArn": state["HyperParameterTuningJobArn"],
+            "HyperParameterTuningJobConfig": original["HyperParameterTuningJobConfig"],
+            "TrainingJobDefinition": original["TrainingJobDefinition"],
+            "HyperParameterTuningJobStatus": state["HyperParameterTuningJobStatus"],
+            "CreationTime": state["CreationTime"],
+            "LastModifiedTime": state["LastModifiedTime"],
+            "TrainingJobStatusCounters": _status_counters(trials),
+            "ObjectiveStatusCounters": _objective_counters(trials),
+        }
+        if state.get("HyperParameterTuningEndTime"):
+            response["HyperParameterTuningEndTime"] = state["HyperParameterTuningEndTime"]
+        if state.get("FailureReason"):
+            response["FailureReason"] = state["FailureReason"]
+        best = _best_trial(trials, original["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"])
+        if best is not None:
+            response["BestTrainingJob"] = _summary(best)
+        return _with_datetimes(response)
+
+    def describe_training_job(self, TrainingJobName: str) -> dict[str, Any]:
+        folder = self.store.training_dir(TrainingJobName)
+        if not (folder / "state.json").exists():
+            raise client_error(RESOURCE_NOT_FOUND, f"Requested resource not found: training job {TrainingJobName}",
+                               "DescribeTrainingJob")
+        state = self.store.read_state(folder)
+        tuning = self.store.read_state(self.store.tuning_dir(state["TuningJobName"]))
+        training_definition = read_json(self.store.tuning_dir(state["TuningJobName"]) / "request.json")[
+            "TrainingJobDefinition"
+        ]
+        response = {
+            "TrainingJobName": TrainingJobName,
+            "TrainingJobArn": _arn("training-job", TrainingJobName),
+            "TuningJobArn": tuning["HyperParameterTuningJobArn"],
+            "TrainingJobStatus": state["TrainingJobStatus"],
+            "SecondaryStatus": state.get("SecondaryStatus", state["TrainingJobStatus"]),
+            "HyperParameters": state["HyperParameters"],
+            "AlgorithmSpecification": training_definition["AlgorithmSpecification"],
+            "InputDataConfig": training_definition.get("InputDataConfig", []),
+            "ResourceConfig": training_definition.get("ResourceConfig", {}),
+            "StoppingCondition": training_definition.get("StoppingCondition", {}),
+            "CreationTime": state["CreationTime"],
+            "LastModifiedTime": state["LastModifiedTime"],
+            "FinalMetricDataList": state.get("FinalMetricDataList", []),
+        }
+        for optional in ("TrainingStartTime", "TrainingEndTime", "FailureReason", "ModelArtifacts"):
+            if state.get(optional):
+                response[optional] = state[optional]
+        return _with_datetimes(response)
+
+    def list_training_jobs_for_hyper_parameter_tuning_job(
+        self, HyperParameterTuningJobName: str, StatusEquals: str | None = None, SortBy: str = "Name",
+        SortOrder: str = "Ascending", MaxResults: int = 10, NextToken: str | None = None,
+    ) -> dict[str, Any]:
+        folder = self._tuning_folder(HyperParameterTuningJobName, "ListTrainingJobsForHyperParameterTuningJob")
+        names = self.store.read_state(folder)["TrainingJobNames"]
+        trials = [self.store.read_state(self.store.training_dir(name)) for name in names]
+        trials = [trial for trial in trials if StatusEquals in (None, trial["TrainingJobStatus"])]
+        key = {
+            "Name": lambda t: t["TrainingJobName"],
+            "CreationTime": lambda t: t["CreationTime"],
+            "Status": lambda t: t["TrainingJobStatus"],
+            "FinalObjectiveMetricValue": lambda t: t.get("FinalHyperParameterTuningJobObjectiveMetric", {}).get("Value", float("-inf")),
+        }[SortBy]
+        trials.sort(key=key, reverse=SortOrder == "Descending")
+        page, token = _page([_summary(trial) for trial in trials], MaxResults, NextToken)
+        return _with_datetimes({"TrainingJobSummaries": page, **({"NextToken": token} if token else {})})
+
+    def list_hyper_parameter_tuning_jobs(
+        self, StatusEquals: str | None = None, NameContains: str | None = None, SortBy: str = "Name",
+        SortOrder: str = "Ascending", MaxResults: int = 10, NextToken: str | None = None,
+    ) -> dict[str, Any]:
+        summaries = []
+        for name in self.store.tuning_job_names():
+            if NameContains and NameContains not in name:
+                continue
+            description = self.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+            if StatusEquals not in (None, description["HyperParameterTuningJobStatus"]):
+                continue
+            config = description["HyperParameterTuningJobConfig"]
+            summaries.append({
+                key: description[key] for key in (
+                    "HyperParameterTuningJobName", "HyperParameterTuningJobArn", "HyperParameterTuningJobStatus",
+                    "CreationTime", "LastModifiedTime", "TrainingJobStatusCounters", "ObjectiveStatusCounters",
+                ) if key in description
+            } | {"Strategy": config["Strategy"], "ResourceLimits": config["ResourceLimits"]}
+              | ({"HyperParameterTuningEndTime": description["HyperParameterTuningEndTime"]}
+                 if "HyperParameterTuningEndTime" in description else {}))
+        key = {"Name": "HyperParameterTuningJobName", "Status": "HyperParameterTuningJobStatus",
+               "CreationTime": "CreationTime"}[SortBy]
+        summaries.sort(key=lambda summary: summary[key], reverse=SortOrder == "Descending")
+        page, token = _page(summaries, MaxResults, NextToken)
+        return {"HyperParameterTuningJobSummaries": page, **({"NextToken": token} if token else {})}
+
+    # -- stop ---------------------------------------------------------------------------------
+    def stop_hyper_parameter_tuning_job(self, HyperParameterTuningJobName: str) -> dict[str, Any]:
+        operation = "StopHyperParameterTuningJob"
+        folder = self._tuning_folder(HyperParameterTuningJobName, operation)
+
+        def request_stop(state: dict[str, Any]) -> None:
+            if state["HyperParameterTuningJobStatus"] not in ACTIVE:
+                raise client_error(
+                    VALIDATION,
+                    f"Hyperparameter tuning job {HyperParameterTuningJobName} is "
+                    f"{state['HyperParameterTuningJobStatus']} and cannot be stopped",
+                    operation,
+                )
+            state["HyperParameterTuningJobStatus"] = "Stopping"
+            (folder / "stop-requested").touch()
+
+        self.store.update_state(folder, request_stop)
+        return {}
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _tuning_folder(self, name: str, operation: str) -> Path:
+        folder = self.store.tuning_dir(name)
+        if not (folder / "state.json").exists():
+            raise client_error(RESOURCE_NOT_FOUND, f"Amazon SageMaker can't find a tuning job named {name}", operation)
+        return folder
+
+    def _fail_if_unsupervised(self, folder: Path, reason: str) -> dict[str, Any]:
+        """Mark the job and its running trials Failed, unless the supervisor finished it meanwhile."""
+
+        def change(state: dict[str, Any]) -> None:
+            if state["HyperParameterTuningJobStatus"] not in ACTIVE or _process_alive(
+                state.get("SupervisorPid"), state.get("SupervisorCreateTime")
+            ):
+                return
+            state.update(HyperParameterTuningJobStatus="Failed", FailureReason=reason, HyperParameterTuningEndTime=now())
+            for name in state["TrainingJobNames"]:
+                self._fail_orphaned_trial(self.store.training_dir(name))
+
+        return self.store.update_state(folder, change)
+
+    def _fail_orphaned_trial(self, folder: Path) -> None:
+        def change(state: dict[str, Any]) -> None:
+            if state["TrainingJobStatus"] != "InProgress":
+                return
+            if state.get("Pid"):
+                kill_process_group(state["Pid"])
+            state.update(TrainingJobStatus="Failed", SecondaryStatus="Failed", ObjectiveStatus="Failed",
+                         TrainingEndTime=now(), FailureReason="its tuning job's supervisor process ended")
+
+        self.store.update_state(folder, change)
+
+
+def _status_counters(trials: list[dict[str, Any]]) -> dict[str, int]:
+    counters = {"Completed": 0, "InProgress": 0, "RetryableError": 0, "NonRetryableError": 0, "Stopped": 0}
+    for trial in trials:
+        status = trial["TrainingJobStatus"]
+        counters["NonRetryableError" if status == "Failed" else status if status in counters else "InProgress"] += 1
+    return counters
+
+
+def _objective_counters(trials: list[dict[str, Any]]) -> dict[str, int]:
+    counters = {"Succeeded": 0, "Pending": 0, "Failed": 0}
+    for trial in trials:
+        counters[trial.get("ObjectiveStatus", "Pending")] += 1
+    return counters
+
+
+def _best_trial(trials: list[dict[str, Any]], objective: dict[str, Any]) -> dict[str, Any] | None:
+    scored = [trial for trial in trials if trial.get("ObjectiveStatus") == "Succeeded"]
+    if not scored:
+        return None
+    value = lambda trial: trial["FinalHyperParameterTuningJobObjectiveMetric"]["Value"]  # noqa: E731
+    return max(scored, key=value) if objective["Type"] == "Maximize" else min(scored, key=value)
+
+
+def _summary(trial: dict[str, Any]) -> dict[str, Any]:
+    """A `HyperParameterTrainingJobSummary`, as in BestTrainingJob and the trial listing."""
+    summary = {
+        "TrainingJobName": trial["TrainingJobName"],
+        "TrainingJobArn": _arn("training-job", trial["TrainingJobName"]),
+        "TuningJobName": trial["TuningJobName"],
+        "CreationTime": trial["CreationTime"],
+        "TrainingJobStatus": trial["TrainingJobStatus"],
+        "TunedHyperParameters": trial["TunedHyperParameters"],
+    }
+    for optional in ("TrainingStartTime", "TrainingEndTime", "FailureReason",
+                     "FinalHyperParameterTuningJobObjectiveMetric", "ObjectiveStatus"):
+        if trial.get(optional) is not None:
+            summary[optional] = trial[optional]
+    return summary
+
+
+def _page(items: list[Any], max_results: int, next_token: str | None) -> tuple[list[Any], str | None]:
+    start = int(next_token or 0)
+    end = start + max_results
+    return items[start:end], (str(end) if end < len(items) else None)
