@@ -5,6 +5,8 @@
 (a) a top-layer-only training run of 10 epochs / one backbone forward pass over all its images  (goal <= 1.5)
 (b) full fine-tuning images per second / a plain PyTorch loop's                                  (goal >= 0.9)
 (c) the trainer's reported test throughput / an independent timm-benchmark-style measurement     (goal 0.85-1.15)
+(d) a local top-layer-only tuning job, 2 learning rates x 10 epochs, create to Completed
+    / one backbone forward pass over all its images                                              (goal <= 1.5)
 """
 
 from __future__ import annotations
@@ -45,10 +47,8 @@ def all_images(splits) -> LabelledImages:
     )
 
 
-def top_layer_ratio(channels: Channels, base: dict, out: Path) -> tuple[float, float, float]:
-    """(a): the whole trainer run, scanning, saving and test evaluation included."""
-    hyperparameters = {**base, "train_only_top_layer": "True", "epochs": "10"}
-    run_seconds = seconds(lambda: train(channels, hyperparameters, out / "top-layer"))
+def forward_pass_seconds(channels: Channels, hyperparameters: dict) -> float:
+    """One backbone forward pass over every image of the run (training, validation and test)."""
     hp, _ = parse_hyperparameters(hyperparameters)
     splits = load_splits(channels.training, channels.validation, channels.test, 0.2, 0)
     built = build_model(hp, len(splits.classes))
@@ -62,11 +62,46 @@ def top_layer_ratio(channels: Channels, base: dict, out: Path) -> tuple[float, f
         for images, _ in loader:
             model(images)
 
-    forward_seconds = seconds(forward_all)
+    return seconds(forward_all)
+
+
+def top_layer_ratio(channels: Channels, base: dict, out: Path) -> tuple[float, float, float]:
+    """(a): the whole trainer run, scanning, saving and test evaluation included."""
+    hyperparameters = {**base, "train_only_top_layer": "True", "epochs": "10"}
+    run_seconds = seconds(lambda: train(channels, hyperparameters, out / "top-layer"))
+    forward_seconds = forward_pass_seconds(channels, hyperparameters)
     return run_seconds / forward_seconds, run_seconds, forward_seconds
 
 
-def full_fine_tuning_ratio(channels: Channels, base: dict, epochs: int = 4) -> tuple[float, float, float]:
+def tuning_job_ratio(channels: Channels, base: dict, out: Path) -> tuple[float, float, float]:
+    """(d): a whole local tuning job (supervisor, two trainer processes, shared feature cache)."""
+    from model_selection.backends.local import LocalSageMakerClient
+    from model_selection.tuning_request import LOCAL_ROLE_ARN, build_tuning_request, learning_rate_values
+
+    static = {**base, "train_only_top_layer": "True", "epochs": "10"}
+    client = LocalSageMakerClient(out / "jobs")
+    request = build_tuning_request(
+        "bench-top-layer", static_hyperparameters=static, learning_rates=learning_rate_values(0.001, [1.0, 0.2]),
+        channels={"training": channels.training.as_uri(), "validation": channels.validation.as_uri(),
+                  "test": channels.test.as_uri()},
+        role_arn=LOCAL_ROLE_ARN, output_path=(out / "jobs").as_uri(),
+    )
+
+    def run_job() -> None:
+        client.create_hyper_parameter_tuning_job(**request)
+        while client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName="bench-top-layer")[
+            "HyperParameterTuningJobStatus"
+        ] in ("InProgress", "Stopping"):
+            time.sleep(0.2)
+
+    job_seconds = seconds(run_job)
+    status = client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName="bench-top-layer")
+    assert status["HyperParameterTuningJobStatus"] == "Completed", status.get("FailureReason")
+    forward_seconds = forward_pass_seconds(channels, static)
+    return job_seconds / forward_seconds, job_seconds, forward_seconds
+
+
+def full_fine_tuning_ratio(channels: Channels, base: dict, epochs: int = 6) -> tuple[float, float, float]:
     """(b): the trainer's epoch function against a plain loop, same model, batch size and data, interleaved."""
     hp, _ = parse_hyperparameters({**base, "train_only_top_layer": "False", "label_smoothing": "0.1"})
     splits = load_splits(channels.training, channels.validation, None, 0.2, 0)
@@ -134,6 +169,7 @@ def main() -> None:
     parser.add_argument("--model", default="resnet50", help="model for (a) and (c)")
     parser.add_argument("--image-size", default="64")
     parser.add_argument("--fine-tune-model", default="resnet10t", help="model for (b)")
+    parser.add_argument("--tuning-image-size", default="128", help="image size for (d)")
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         data = write_digits(Path(work) / "digits")
@@ -150,6 +186,9 @@ def main() -> None:
         ratio, reported, independent = throughput_ratio(channels, base, Path(work))
         print(f"(c) reported test throughput / independent, {arguments.model}@{arguments.image_size}: "
               f"{ratio:.2f} ({reported:.0f} / {independent:.0f} images/s; goal 0.85-1.15)")
+        ratio, job, forward = tuning_job_ratio(channels, {**base, "image_size": arguments.tuning_image_size}, Path(work))
+        print(f"(d) local tuning job, 2 learning rates x 10 epochs, top layer only / one forward pass, "
+              f"{arguments.model}@{arguments.tuning_image_size}: {ratio:.2f} ({job:.1f}s / {forward:.1f}s; goal <= 1.5)")
 
 
 if __name__ == "__main__":
