@@ -49,7 +49,7 @@ class Splits:
     skipped: tuple[SkippedImage, ...]
 
 
-def _class_folders(channel: str, directory: Path) -> dict[str, list[Path]]:
+def class_folders(channel: str, directory: Path) -> dict[str, list[Path]]:
     if not directory.is_dir():
         raise DataError(f"{channel} channel: folder {directory} does not exist")
     folders = sorted(entry for entry in directory.iterdir() if entry.is_dir() and not entry.name.startswith("."))
@@ -127,13 +127,13 @@ def load_splits(
     warn: Callable[[str], None] = lambda message: warnings.warn(message, stacklevel=2),
 ) -> Splits:
     """Scan and check every channel, decoding each image once, before anything is trained."""
-    training_classes, skipped = _usable_images("training", _class_folders("training", training), warn)
+    training_classes, skipped = _usable_images("training", class_folders("training", training), warn)
     classes = tuple(sorted(training_classes))
     if len(classes) < 2:
         raise DataError(f"training channel: {training} has {len(classes)} class folder; at least two are needed")
 
     def checked(channel: str, directory: Path) -> dict[str, list[Path]]:
-        by_class, bad = _usable_images(channel, _class_folders(channel, directory), warn)
+        by_class, bad = _usable_images(channel, class_folders(channel, directory), warn)
         unknown = sorted(set(by_class) - set(classes))
         if unknown:
             raise DataError(f"{channel} channel: classes {unknown} are not among the training classes {list(classes)}")

@@ -1,0 +1,111 @@
+"""Which image classifier should you fine-tune and deploy for your data set?
+
+Plan the study, then for each model launch a tuning job and wait for it, then collect
+every model's metrics and report the accuracy/throughput Pareto frontier.
+Only light imports here: the DAG processor parses this file often.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from airflow.sdk import Asset, Param, XComArg, dag, get_current_context, task
+
+from model_selection.operators import TuningJobLaunchOperator
+from model_selection.sensors import TuningJobSensor
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+REPORT_ASSET = Asset(name="model_selection_report", uri="file:///model-selection/report")
+
+PARAMS = {
+    "backend": Param("local", enum=["local", "sagemaker"], description="Where the tuning jobs run."),
+    "model_ids": Param(
+        ["resnet10t", "regnetx_002", "lcnet_050", "mobilenetv3_small_100", "resnet18"],
+        type="array", items={"type": "string"},
+        description="Model ids: timm names for the local backend, JumpStart ids for SageMaker.",
+    ),
+    "model_list": Param("", type="string",
+                        description="Also take the models of include/model_lists/NAME.txt (for example local-small)."),
+    "dataset": Param(
+        {"name": "digits", "training": "include/datasets/digits/training",
+         "validation": "include/datasets/digits/validation", "test": "include/datasets/digits/test"},
+        type="object",
+        description="name, training and optional validation and test: folders (local; relative to the project) "
+                    "or s3:// prefixes (SageMaker), one sub-folder per class.",
+    ),
+    "hyperparameters": Param(
+        {"pretrained": "false", "train_only_top_layer": "False", "image_size": "32"}, type="object",
+        description="Overrides of the algorithm's defaults, as strings (JumpStart names).",
+    ),
+    "learning_rate_multipliers": Param([1.0, 0.2], type="array", items={"type": "number"},
+                                       description="Learning rates tried: the default times each of these."),
+    "epochs": Param(10, type="integer", minimum=1, description="Epochs per training job (early stopping may end sooner)."),
+    "early_stopping_patience": Param(3, type="integer", minimum=0, description="Epochs without improvement before stopping."),
+    "instance_type": Param("ml.g4dn.xlarge", type="string", description="SageMaker training instance type."),
+    "max_concurrent_tuning_jobs": Param(10, type="integer", minimum=1,
+                                        description="At most this many of this study's tuning jobs in flight."),
+    "results_uri": Param("", type="string", description="Results store: a folder or s3:// URI (empty: the default)."),
+    "force": Param(False, type="boolean", description="Re-train models that already have results."),
+    "role_arn": Param("", type="string", description="SageMaker execution role (empty: the model_selection_role_arn Variable)."),
+    "output_path": Param("", type="string", description="SageMaker s3:// output path for model artifacts."),
+    "aws_conn_id": Param("aws_default", type="string", description="Airflow AWS connection for SageMaker."),
+}
+
+
+@dag(
+    dag_id="image_classification_model_selection",
+    schedule=None,
+    start_date=dt.datetime(2026, 1, 1),
+    catchup=False,
+    params=PARAMS,
+    tags=["model-selection", "sagemaker", "image-classification"],
+    default_args={
+        "retries": 2,
+        "retry_delay": dt.timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": dt.timedelta(minutes=10),
+    },
+    doc_md=__doc__,
+)
+def image_classification_model_selection():
+    @task
+    def plan() -> list:
+        """Returns one launch per model to train; pushes the study's settings and client as XComs too."""
+        from model_selection.dag_tasks import plan_task
+
+        context = get_current_context()
+        planned = plan_task(context["params"], PROJECT_ROOT)
+        context["ti"].xcom_push(key="study", value=planned["study"])
+        context["ti"].xcom_push(key="client", value=planned["client"])
+        return planned["launches"]
+
+    @task(trigger_rule="all_done")
+    def collect_metrics(launches: list, study: dict, client: dict) -> dict:
+        from model_selection.dag_tasks import collect_task
+
+        return collect_task(launches, study, client, get_current_context()["run_id"])
+
+    @task(outlets=[REPORT_ASSET])
+    def frontier_report(study: dict, collected: dict) -> str:
+        from model_selection.dag_tasks import report_task
+
+        location = report_task(study)
+        get_current_context()["outlet_events"][REPORT_ASSET].extra = {
+            "report": location, "dataset": study["dataset"]["name"], "config_hash": study["config_hash"]}
+        return location
+
+    launches = plan()
+    study, client = XComArg(launches.operator, key="study"), XComArg(launches.operator, key="client")
+    launched = TuningJobLaunchOperator.partial(
+        task_id="launch", map_index_template="{{ task.launch['model_id'] }}", max_active_tis_per_dagrun=1,
+    ).expand(launch=launches)
+    waited = TuningJobSensor.partial(
+        task_id="wait", map_index_template="{{ task.job['model_id'] }} · {{ task.job['job_name'] }}",
+    ).expand(job=launched.output)
+    collected = collect_metrics(launches, study, client)
+    waited >> collected
+    frontier_report(study, collected)
+
+
+image_classification_model_selection()

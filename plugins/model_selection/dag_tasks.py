@@ -1,0 +1,74 @@
+"""The bodies of the DAG's Python tasks, kept out of the DAG file so that it parses fast."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def client_settings(study: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """How any task reaches the study's backend: a jobs folder, or an Airflow AWS connection."""
+    if study["backend"] == "local":
+        from model_selection.local.jobstore import default_jobs_root
+
+        return {"backend": "local", "jobs_root": str(default_jobs_root())}
+    return {"backend": "sagemaker", "aws_conn_id": params.get("aws_conn_id") or "aws_default",
+            "region_name": params.get("region_name") or None}
+
+
+def plan_task(params: Mapping[str, Any], project_root: Path) -> dict[str, Any]:
+    from model_selection.local.jobstore import default_jobs_root
+    from model_selection.naming import study_prefix
+    from model_selection.planning import plan
+
+    planned = plan(dict(params), project_root, str(default_jobs_root()))
+    study = planned["study"]
+    client = client_settings(study, params)
+    prefix = study_prefix(study["dataset"]["name"], study["config_hash"])
+    for launch in planned["launches"]:
+        launch.update(client=client, study_prefix=prefix, max_concurrent_tuning_jobs=study["max_concurrent_tuning_jobs"])
+    log.info("study %s on %s: %d model(s) to launch, %d already have results%s", study["config_hash"],
+             study["dataset"]["name"], len(planned["launches"]), len(planned["skipped"]),
+             f" (skipped: {', '.join(planned['skipped'])})" if planned["skipped"] else "")
+    return {**planned, "client": client}
+
+
+def collect_task(launches: Sequence[Mapping[str, Any]], study: Mapping[str, Any], client: Mapping[str, Any],
+                 run_id: str) -> dict[str, Any]:
+    from model_selection.backends import get_client
+    from model_selection.collection import collect_row
+    from model_selection.results import ResultsStore
+
+    backend = get_client(**client)
+    rows = [collect_row(backend, launch, study, run_id) for launch in launches]
+    for row in rows:
+        log.info("%s: %s%s", row["model_id"], row["status"], f" ({row['failure_reason']})" if row["failure_reason"] else "")
+    written = ResultsStore(study["results_uri"]).append(rows, run_id=run_id) if rows else []
+    failed = [row["model_id"] for row in rows if row["status"] != "Completed"]
+    return {"collected": len(rows), "completed": len(rows) - len(failed), "failed": failed, "files": written}
+
+
+def report_task(study: Mapping[str, Any]) -> str:
+    """Write the report of every result under this data set and configuration; returns its folder."""
+    from model_selection.report import write_report
+    from model_selection.results import ResultsStore, safe_file_name
+
+    store = ResultsStore(study["results_uri"])
+    rows = store.read_latest(dataset=study["dataset"]["name"], config_hash=study["config_hash"])
+    destination = store.root / "reports" / safe_file_name(study["dataset"]["name"]) / study["config_hash"]
+    title = f"Model selection: {study['dataset']['name']}"
+    if isinstance(destination, Path):
+        write_report(rows, destination, settings=dict(study), title=title)
+    else:  # object storage: write here, then copy
+        with tempfile.TemporaryDirectory() as scratch:
+            written = write_report(rows, Path(scratch), settings=dict(study), title=title)
+            destination.mkdir(parents=True, exist_ok=True)
+            for path in written.values():
+                (destination / path.name).write_bytes(path.read_bytes())
+    log.info("report of %d model(s): %s/report.html", len(rows), destination)
+    return str(destination)

@@ -1,0 +1,93 @@
+"""The sensor that waits for one model's tuning job, deferrable by default."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Any
+
+from airflow.sdk import BaseSensorOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
+
+from model_selection.backends.api import THROTTLING_CODES, error_code
+from model_selection.job_status import FAILED, STOPPED, SUCCESS, progress, tuning_job_outcome
+
+DEFAULT_TIMEOUT = dt.timedelta(days=7)
+
+
+class TuningJobSensor(BaseSensorOperator):
+    """Succeeds when the tuning job is Completed; fails with the job's reason when Failed or Stopped.
+
+    `job` is what the launch operator returned: `{"job_name", "model_id", "client"}`.
+    Deferrable (the default) waits in the triggerer with no worker slot; otherwise it
+    pokes (or reschedules). The timeout is generous and configurable; when it passes, or
+    the task is killed while poking, the job is stopped too unless `stop_on_kill=False`.
+    """
+
+    def __init__(self, *, job: dict[str, Any], deferrable: bool = True, stop_on_kill: bool = True,
+                 poke_interval: float = 30, timeout: dt.timedelta | float = DEFAULT_TIMEOUT, **kwargs: Any):
+        super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
+        self.job = job
+        self.deferrable = deferrable
+        self.stop_on_kill = stop_on_kill
+
+    @property
+    def job_name(self) -> str:
+        return self.job["job_name"]
+
+    def _client(self) -> Any:
+        from model_selection.backends import get_client
+
+        return get_client(**self.job["client"])
+
+    def execute(self, context: Any) -> Any:
+        if not self.deferrable:
+            super().execute(context)
+            return self.job_name
+        from model_selection.triggers import TuningJobTrigger
+
+        timeout = self.timeout.total_seconds() if isinstance(self.timeout, dt.timedelta) else float(self.timeout)
+        self.log.info("waiting for %s (model %s) in the triggerer", self.job_name, self.job["model_id"])
+        self.defer(
+            trigger=TuningJobTrigger(self.job_name, self.job["client"], float(self.poke_interval), time.time() + timeout),
+            method_name="execute_complete",
+        )
+
+    def poke(self, context: Any) -> bool:
+        try:
+            description = self._client().describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=self.job_name)
+        except Exception as error:
+            if error_code(error) in THROTTLING_CODES:
+                self.log.warning("describe of %s throttled; trying again at the next poke", self.job_name)
+                return False
+            raise
+        outcome, reason = tuning_job_outcome(description)
+        self.log.info(progress(description))
+        if outcome in (FAILED, STOPPED):
+            raise AirflowFailException(reason)  # the job's end is final: retrying the wait cannot change it
+        return outcome == SUCCESS
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> str:
+        if event.get("throttled"):
+            self.log.warning("%s: %d describe calls were throttled while waiting", self.job_name, event["throttled"])
+        if event["status"] == SUCCESS:
+            self.log.info("%s completed", self.job_name)
+            return self.job_name
+        if event["status"] == "timeout":
+            self._stop_job()
+            raise AirflowSensorTimeout(event["reason"])
+        if event["status"] in (FAILED, STOPPED):
+            raise AirflowFailException(event["reason"])
+        raise AirflowException(event["reason"])
+
+    def on_kill(self) -> None:
+        self._stop_job()
+
+    def _stop_job(self) -> None:
+        if not self.stop_on_kill:
+            return
+        try:
+            self._client().stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=self.job_name)
+            self.log.info("asked %s to stop", self.job_name)
+        except Exception as error:  # noqa: BLE001 - stopping is best effort; the job may have ended already
+            self.log.warning("could not stop %s: %s", self.job_name, error)

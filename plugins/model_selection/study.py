@@ -1,0 +1,203 @@
+"""The validated settings of one model-selection run, and the hash that keys its results.
+
+`Study.from_params` is the only reader of the DAG's Params. It checks everything that
+can be checked without launching anything and reports every problem in one error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+BACKENDS = ("local", "sagemaker")
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,127}$")
+DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
+CHANNELS = ("training", "validation", "test")
+
+
+class StudyError(ValueError):
+    """The run's inputs cannot be used; the message lists every problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    name: str
+    training: str
+    validation: str | None = None
+    test: str | None = None
+
+    def channels(self) -> dict[str, str]:
+        return {channel: getattr(self, channel) for channel in CHANNELS if getattr(self, channel)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    backend: str
+    model_ids: tuple[str, ...]
+    dataset: Dataset
+    hyperparameters: Mapping[str, str]
+    learning_rate_multipliers: tuple[float, ...]
+    epochs: int
+    early_stopping_patience: int
+    instance_type: str
+    max_concurrent_tuning_jobs: int
+    results_uri: str
+    force: bool
+    role_arn: str | None = None
+    output_path: str | None = None
+
+    @property
+    def config_hash(self) -> str:
+        """What makes two results comparable: everything but the model list and run mechanics."""
+        relevant = {
+            "backend": self.backend,
+            "dataset": dataclasses.asdict(self.dataset),
+            "hyperparameters": dict(sorted(self.hyperparameters.items())),
+            "learning_rate_multipliers": list(self.learning_rate_multipliers),
+            "epochs": self.epochs,
+            "early_stopping_patience": self.early_stopping_patience,
+            "instance_type": self.instance_type if self.backend == "sagemaker" else None,
+        }
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+
+    def settings(self) -> dict[str, Any]:
+        """What the report shows of this run."""
+        return {**dataclasses.asdict(self), "config_hash": self.config_hash}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], project_root: Path, include_dir: Path | None = None) -> "Study":
+        problems: list[str] = []
+        backend = params.get("backend", "local")
+        if backend not in BACKENDS:
+            problems.append(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+
+        model_ids = _model_ids(params, include_dir or project_root / "include", problems)
+        dataset = _dataset(params.get("dataset"), project_root, backend, problems)
+
+        hyperparameters = params.get("hyperparameters") or {}
+        if not isinstance(hyperparameters, Mapping):
+            problems.append("hyperparameters must be an object of name: value")
+            hyperparameters = {}
+        hyperparameters = {str(name): str(value) for name, value in hyperparameters.items()}
+
+        multipliers = params.get("learning_rate_multipliers", [1.0, 0.2])
+        if not isinstance(multipliers, list) or not multipliers:
+            problems.append("learning_rate_multipliers must be a non-empty list of positive numbers")
+            multipliers = []
+        for multiplier in multipliers:
+            if not _positive_number(multiplier):
+                problems.append(f"learning rate multiplier {multiplier!r} is not a positive number")
+
+        epochs = _integer(params, "epochs", 10, 1, problems)
+        patience = _integer(params, "early_stopping_patience", 3, 0, problems)
+        max_concurrent = _integer(params, "max_concurrent_tuning_jobs", 10, 1, problems)
+        instance_type = str(params.get("instance_type") or "ml.g4dn.xlarge")
+        if not re.fullmatch(r"ml\.[a-z0-9]+\.[a-z0-9]+", instance_type):
+            problems.append(f"instance_type {instance_type!r} is not a SageMaker instance type such as ml.g4dn.xlarge")
+
+        results_uri = str(params.get("results_uri") or "")
+        if problems:
+            raise StudyError("; ".join(problems))
+        from model_selection.results import default_results_uri
+
+        return cls(
+            backend=backend,
+            model_ids=tuple(model_ids),
+            dataset=dataset,
+            hyperparameters=hyperparameters,
+            learning_rate_multipliers=tuple(float(m) for m in multipliers),
+            epochs=epochs,
+            early_stopping_patience=patience,
+            instance_type=instance_type,
+            max_concurrent_tuning_jobs=max_concurrent,
+            results_uri=results_uri or default_results_uri(),
+            force=bool(params.get("force", False)),
+            role_arn=params.get("role_arn") or None,
+            output_path=params.get("output_path") or None,
+        )
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _integer(params: Mapping[str, Any], name: str, default: int, low: int, problems: list[str]) -> int:
+    value = params.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        problems.append(f"{name} must be an integer of at least {low}, got {value!r}")
+        return default
+    return value
+
+
+def model_list_file(include_dir: Path, name: str) -> Path:
+    """A curated list `include/model_lists/NAME.txt`; the name cannot leave that folder."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-]*", name):
+        raise StudyError(f"model_list {name!r} is not a list name (letters, digits, '-' and '_')")
+    return include_dir / "model_lists" / f"{name}.txt"
+
+
+def _model_ids(params: Mapping[str, Any], include_dir: Path, problems: list[str]) -> list[str]:
+    raw = params.get("model_ids") or []
+    if not isinstance(raw, list):
+        problems.append("model_ids must be a list of model ids")
+        raw = []
+    list_name = params.get("model_list") or ""
+    if list_name:
+        try:
+            path = model_list_file(include_dir, str(list_name))
+            if not path.is_file():
+                available = sorted(p.stem for p in (include_dir / "model_lists").glob("*.txt"))
+                problems.append(f"model_list {list_name!r} does not exist; available: {available}")
+            else:
+                raw = raw + [line.split("#")[0].strip() for line in path.read_text().splitlines()
+                             if line.split("#")[0].strip()]
+        except StudyError as error:
+            problems.append(str(error))
+    ids = [str(model_id).strip() for model_id in raw]
+    if not ids:
+        problems.append("the model list is empty: give model_ids or a model_list")
+    duplicates = sorted({model_id for model_id in ids if ids.count(model_id) > 1})
+    if duplicates:
+        problems.append(f"duplicate model ids: {duplicates}")
+    for model_id in dict.fromkeys(ids):
+        if not SAFE_ID.match(model_id):
+            problems.append(f"model id {model_id!r} has characters other than letters, digits, '.', '_', '-' and '/'")
+    return list(dict.fromkeys(ids))
+
+
+def _dataset(raw: Any, project_root: Path, backend: str, problems: list[str]) -> Dataset:
+    if not isinstance(raw, Mapping):
+        problems.append("dataset must be an object with name, training and optionally validation and test")
+        return Dataset("invalid", "")
+    name = str(raw.get("name") or "")
+    if not DATASET_NAME.match(name):
+        problems.append(f"dataset name {name!r} must be letters, digits, '.', '_' or '-' (at most 64)")
+    locations: dict[str, str | None] = {}
+    for channel in CHANNELS:
+        location = raw.get(channel) or None
+        if location is None:
+            if channel == "training":
+                problems.append("dataset.training is required")
+            locations[channel] = None
+            continue
+        location = str(location)
+        if backend == "local":
+            if location.startswith("s3://"):
+                problems.append(f"dataset.{channel} {location!r}: the local backend reads local folders, not S3")
+                locations[channel] = location
+                continue
+            path = Path(location.removeprefix("file://"))
+            location = str(path if path.is_absolute() else (project_root / path).resolve())
+        elif not location.startswith("s3://"):
+            problems.append(f"dataset.{channel} {location!r}: the sagemaker backend reads s3:// locations")
+        locations[channel] = location
+    unknown = sorted(set(raw) - {"name", *CHANNELS})
+    if unknown:
+        problems.append(f"dataset has unknown fields {unknown}")
+    return Dataset(name or "invalid", locations["training"] or "", locations["validation"], locations["test"])
