@@ -80,11 +80,12 @@ def image_classification_model_selection():
         context["ti"].xcom_push(key="client", value=planned["client"])
         return planned["launches"]
 
-    @task(trigger_rule="all_done")
-    def collect_metrics(launches: list, study: dict, client: dict) -> dict:
+    @task(trigger_rule="all_done")  # after every wait, failed or not
+    def collect_metrics() -> dict:
         from model_selection.dag_tasks import collect_task
 
-        return collect_task(launches, study, client, get_current_context()["run_id"])
+        context = get_current_context()
+        return collect_task(context["ti"], context["run_id"])
 
     @task(outlets=[REPORT_ASSET])
     def frontier_report(study: dict, collected: dict) -> str:
@@ -96,15 +97,15 @@ def image_classification_model_selection():
         return location
 
     launches = plan()
-    study, client = XComArg(launches.operator, key="study"), XComArg(launches.operator, key="client")
+    study = XComArg(launches.operator, key="study")
     launched = TuningJobLaunchOperator.partial(
         task_id="launch", map_index_template="{{ task.launch['model_id'] }}", max_active_tis_per_dagrun=1,
     ).expand(launch=launches)
     waited = TuningJobSensor.partial(
         task_id="wait", map_index_template="{{ task.job['model_id'] }} · {{ task.job['job_name'] }}",
     ).expand(job=launched.output)
-    collected = collect_metrics(launches, study, client)
-    waited >> collected
+    collected = collect_metrics()
+    [launches, waited] >> collected
     frontier_report(study, collected)
 
 

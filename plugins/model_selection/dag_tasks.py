@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,18 @@ def client_settings(study: Mapping[str, Any], params: Mapping[str, Any]) -> dict
 
 
 def plan_task(params: Mapping[str, Any], project_root: Path) -> dict[str, Any]:
+    """Bad input fails the task at once, without retries: retrying cannot fix a typo."""
+    from airflow.sdk.exceptions import AirflowFailException
+
     from model_selection.local.jobstore import default_jobs_root
     from model_selection.naming import study_prefix
     from model_selection.planning import plan
+    from model_selection.study import StudyError
 
-    planned = plan(dict(params), project_root, str(default_jobs_root()))
+    try:
+        planned = plan(dict(params), project_root, str(default_jobs_root()))
+    except StudyError as error:
+        raise AirflowFailException(f"the run's inputs cannot be used:\n{error}") from error
     study = planned["study"]
     client = client_settings(study, params)
     prefix = study_prefix(study["dataset"]["name"], study["config_hash"])
@@ -38,13 +45,20 @@ def plan_task(params: Mapping[str, Any], project_root: Path) -> dict[str, Any]:
     return {**planned, "client": client}
 
 
-def collect_task(launches: Sequence[Mapping[str, Any]], study: Mapping[str, Any], client: Mapping[str, Any],
-                 run_id: str) -> dict[str, Any]:
+def collect_task(ti: Any, run_id: str) -> dict[str, Any]:
+    """Rows for every planned model, whatever its launch and wait did; pulled here, not passed in,
+    so that a failed plan skips this task instead of failing it on a missing XCom."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
     from model_selection.backends import get_client
     from model_selection.collection import collect_row
     from model_selection.results import ResultsStore
 
-    backend = get_client(**client)
+    launches = ti.xcom_pull(task_ids="plan")
+    study = ti.xcom_pull(task_ids="plan", key="study")
+    if study is None:
+        raise AirflowSkipException("the plan did not succeed: there is nothing to collect")
+    backend = get_client(**ti.xcom_pull(task_ids="plan", key="client"))
     rows = [collect_row(backend, launch, study, run_id) for launch in launches]
     for row in rows:
         log.info("%s: %s%s", row["model_id"], row["status"], f" ({row['failure_reason']})" if row["failure_reason"] else "")

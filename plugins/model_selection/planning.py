@@ -36,6 +36,8 @@ def local_problems(study: Study) -> list[str]:
 
     problems = []
     for channel, location in study.dataset.channels().items():
+        if location.startswith("s3://"):
+            continue  # already reported by the study
         try:
             classes = class_folders(channel, Path(location))
             if channel == "training" and len(classes) < 2:
@@ -75,13 +77,15 @@ def local_launch_spec(study: Study, model_id: str, jobs_root: str) -> dict[str, 
 
 def plan(params: dict[str, Any], project_root: Path, jobs_root: str) -> dict[str, Any]:
     """The study's settings, one launch per model still to train, and the models skipped."""
-    study = Study.from_params(params, project_root)
+    study, problems = Study.parse(params, project_root)
+    specs: dict[str, dict[str, Any]] = {}
     if study.backend == "local":
-        problems = local_problems(study)
-    else:
-        from model_selection.backends.sagemaker import sagemaker_problems
+        problems += local_problems(study)
+    elif study.backend == "sagemaker":
+        from model_selection.backends.sagemaker import sagemaker_launch_specs
 
-        problems = sagemaker_problems(study)
+        specs, sagemaker_problems = sagemaker_launch_specs(study, study_hyperparameters(study))
+        problems += sagemaker_problems
     store = ResultsStore(study.results_uri)
     try:
         store.check_writable()
@@ -90,22 +94,18 @@ def plan(params: dict[str, Any], project_root: Path, jobs_root: str) -> dict[str
     if problems:
         raise StudyError("\n".join(f"- {problem}" for problem in problems))
 
+    if study.backend == "local":
+        specs = {model_id: local_launch_spec(study, model_id, jobs_root) for model_id in study.model_ids}
     launches, skipped = [], []
     for model_id in study.model_ids:
         attempts, completed = store.attempts(study.dataset.name, model_id, study.config_hash)
         if completed and not study.force:
             skipped.append(model_id)
             continue
-        if study.backend == "local":
-            spec = local_launch_spec(study, model_id, jobs_root)
-        else:
-            from model_selection.backends.sagemaker import sagemaker_launch_spec
-
-            spec = sagemaker_launch_spec(study, model_id)
         launches.append({
             "model_id": model_id,
             "job_name": tuning_job_name(study.dataset.name, study.config_hash, model_id, attempts),
-            "spec": spec,
+            "spec": specs[model_id],
         })
     names = [launch["job_name"] for launch in launches]
     if len(set(names)) != len(names):

@@ -1,7 +1,7 @@
 """The validated settings of one model-selection run, and the hash that keys its results.
 
-`Study.from_params` is the only reader of the DAG's Params. It checks everything that
-can be checked without launching anything and reports every problem in one error.
+`Study.parse` is the only reader of the DAG's Params. It checks every field and returns
+every problem at once, so the plan can add the backend's own checks and report all.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ class Study:
     force: bool
     role_arn: str | None = None
     output_path: str | None = None
+    aws_conn_id: str = "aws_default"
+    region_name: str | None = None
 
     @property
     def config_hash(self) -> str:
@@ -71,13 +73,14 @@ class Study:
         return {**dataclasses.asdict(self), "config_hash": self.config_hash}
 
     @classmethod
-    def from_params(cls, params: Mapping[str, Any], project_root: Path, include_dir: Path | None = None) -> "Study":
+    def parse(cls, params: Mapping[str, Any], project_root: Path) -> tuple["Study", list[str]]:
+        """The study, with safe stand-ins where a field is bad, and every problem found."""
         problems: list[str] = []
         backend = params.get("backend", "local")
         if backend not in BACKENDS:
             problems.append(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
 
-        model_ids = _model_ids(params, include_dir or project_root / "include", problems)
+        model_ids = _model_ids(params, project_root / "include", problems)
         dataset = _dataset(params.get("dataset"), project_root, backend, problems)
 
         hyperparameters = params.get("hyperparameters") or {}
@@ -101,26 +104,26 @@ class Study:
         if not re.fullmatch(r"ml\.[a-z0-9]+\.[a-z0-9]+", instance_type):
             problems.append(f"instance_type {instance_type!r} is not a SageMaker instance type such as ml.g4dn.xlarge")
 
-        results_uri = str(params.get("results_uri") or "")
-        if problems:
-            raise StudyError("; ".join(problems))
         from model_selection.results import default_results_uri
 
-        return cls(
+        study = cls(
             backend=backend,
             model_ids=tuple(model_ids),
             dataset=dataset,
             hyperparameters=hyperparameters,
-            learning_rate_multipliers=tuple(float(m) for m in multipliers),
+            learning_rate_multipliers=tuple(float(m) for m in multipliers if _positive_number(m)),
             epochs=epochs,
             early_stopping_patience=patience,
             instance_type=instance_type,
             max_concurrent_tuning_jobs=max_concurrent,
-            results_uri=results_uri or default_results_uri(),
+            results_uri=str(params.get("results_uri") or "") or default_results_uri(),
             force=bool(params.get("force", False)),
             role_arn=params.get("role_arn") or None,
             output_path=params.get("output_path") or None,
+            aws_conn_id=str(params.get("aws_conn_id") or "aws_default"),
+            region_name=params.get("region_name") or None,
         )
+        return study, problems
 
 
 def _positive_number(value: Any) -> bool:

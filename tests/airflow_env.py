@@ -1,0 +1,38 @@
+"""Run the project's DAG the way a user does: `airflow dags test` in its own process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+DAG_ID = "image_classification_model_selection"
+
+
+def airflow_environment(home: Path, jobs_root: Path, results: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "PYTHONPATH": str(PROJECT_ROOT / "plugins"),
+        "HF_HUB_OFFLINE": "1",
+        "MODEL_SELECTION_LOCAL_JOBS_ROOT": str(jobs_root),
+        "MODEL_SELECTION_RESULTS_URI": str(results),
+    }
+
+
+def migrate(environment: dict[str, str]) -> None:
+    subprocess.run([AIRFLOW, "db", "migrate"], env=environment, check=True, capture_output=True, timeout=300)
+
+
+def dags_test(environment: dict[str, str], conf: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [AIRFLOW, "dags", "test", DAG_ID, "-c", json.dumps(conf)],
+        env=environment, capture_output=True, text=True, timeout=timeout,
+    )

@@ -1,0 +1,115 @@
+"""The model-selection DAG: integrity, and real `airflow dags test` runs on the local backend."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from airflow_env import PROJECT_ROOT, airflow_environment, dags_test, migrate
+from conftest import write_image_folders
+
+from model_selection.results import ResultsStore
+
+HEAVY_MODULES = ("sagemaker", "torch", "timm", "pandas", "matplotlib")
+TINY = {"pretrained": "false", "image_size": "16", "batch_size": "8", "train_only_top_layer": "False"}
+
+
+def test_dag_file_imports_cleanly_with_tags_retries_and_no_heavy_modules():
+    probe = f"""
+import sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder={str(PROJECT_ROOT / "dags")!r})
+assert not bag.import_errors, bag.import_errors
+dag = bag.dags["image_classification_model_selection"]
+assert dag.tags, "no tags"
+for task in dag.tasks:
+    assert task.retries >= 2, (task.task_id, task.retries)
+    assert task.retry_exponential_backoff, task.task_id
+heavy = [name for name in {HEAVY_MODULES!r} if name in sys.modules]
+assert not heavy, heavy
+print(sorted(task.task_id for task in dag.tasks))
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                            env={**airflow_environment(Path("/tmp/unused"), Path("/tmp/unused"), Path("/tmp/unused"))})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "['collect_metrics', 'frontier_report', 'launch', 'plan', 'wait']" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory):
+    root = tmp_path_factory.mktemp("airflow")
+    environment = airflow_environment(root / "home", root / "jobs", root / "results")
+    migrate(environment)
+    data = root / "data"
+    for channel, seed in (("training", 1), ("validation", 2), ("test", 3)):
+        write_image_folders(data / channel, classes=3, per_class=8 if channel == "training" else 4, seed=seed)
+    return {"environment": environment, "root": root, "data": data}
+
+
+def conf(airflow, model_ids: list[str], **extra) -> dict:
+    data = airflow["data"]
+    return {
+        "model_ids": model_ids,
+        "dataset": {"name": "tiny", "training": str(data / "training"), "validation": str(data / "validation"),
+                    "test": str(data / "test")},
+        "hyperparameters": TINY,
+        "epochs": 2,
+        **extra,
+    }
+
+
+def tuning_jobs(airflow) -> list[str]:
+    folder = airflow["root"] / "jobs" / "tuning-jobs"
+    return sorted(path.name for path in folder.iterdir()) if folder.exists() else []
+
+
+def test_end_to_end_backfill_and_a_failing_model(airflow):
+    """Run 1 trains two models; run 2 adds a good and a crashing model and launches only those;
+    run 3 retries only the crashed one. Every run reports old and new results together."""
+    store = ResultsStore(str(airflow["root"] / "results"))
+
+    first = dags_test(airflow["environment"], conf(airflow, ["test_efficientnet", "test_resnet"]))
+    assert "state=success" in first.stdout + first.stderr, (first.stdout + first.stderr)[-4000:]
+    rows = {row["model_id"]: row for row in store.read_latest(dataset="tiny")}
+    assert {model: row["status"] for model, row in rows.items()} == {"test_efficientnet": "Completed",
+                                                                     "test_resnet": "Completed"}
+    for row in rows.values():
+        assert row["test_accuracy"] is not None and row["test_throughput"] > 0 and row["learning_rate"] in (0.001, 0.0002)
+        assert row["best_training_job_name"].startswith(row["tuning_job_name"])
+    assert len(tuning_jobs(airflow)) == 2
+
+    # test_convnext cannot run on 16-pixel images (its stem shrinks them below its kernel): a real crash.
+    second = dags_test(airflow["environment"],
+                       conf(airflow, ["test_efficientnet", "test_resnet", "test_byobnet", "test_convnext"]))
+    output = second.stdout + second.stderr
+    assert len(tuning_jobs(airflow)) == 4  # only the two new models were launched
+    rows = {row["model_id"]: row for row in store.read_latest(dataset="tiny")}
+    assert rows["test_byobnet"]["status"] == "Completed"
+    assert rows["test_convnext"]["status"] == "Failed"
+    assert "Kernel size can't be greater than actual input size" in rows["test_convnext"]["failure_reason"]
+    assert "test_convnext" in output and "failed" in output.lower()
+    report = Path(next((airflow["root"] / "results" / "reports" / "tiny").iterdir()))
+    frontier = (report / "frontier.csv").read_text()
+    assert all(model in frontier for model in ("test_efficientnet", "test_resnet", "test_byobnet", "test_convnext"))
+    assert "Kernel size can&#x27;t be greater" in (report / "report.html").read_text()
+
+    third = dags_test(airflow["environment"], conf(airflow, ["test_efficientnet", "test_resnet", "test_byobnet",
+                                                             "test_convnext"]))
+    assert third.returncode is not None
+    jobs = tuning_jobs(airflow)
+    assert len(jobs) == 5  # a new attempt, under a new name, for the failed model only
+    assert sum("convnext" in job for job in jobs) == 2
+
+
+def test_invalid_input_fails_in_plan_and_launches_nothing(airflow):
+    bad = conf(airflow, ["test_resnet", "test_resnet", "no_such_model_xyz"], learning_rate_multipliers=[1.0, -0.2])
+    bad["dataset"]["validation"] = str(airflow["root"] / "missing")
+    before = tuning_jobs(airflow)
+    result = dags_test(airflow["environment"], bad)
+    output = result.stdout + result.stderr
+    for problem in ("duplicate model ids: ['test_resnet']", "learning rate multiplier -0.2 is not a positive number",
+                    "unknown model id 'no_such_model_xyz'", "validation channel: folder", "does not exist"):
+        assert problem in output, output[-4000:]
+    assert tuning_jobs(airflow) == before

@@ -1,0 +1,203 @@
+"""The launch operator, the sensor and its trigger, names, the study and the results store, against real local jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+from conftest import write_image_folders
+
+from model_selection.backends.local import LocalSageMakerClient
+from model_selection.naming import MAX_TUNING_JOB_NAME, NAME_PATTERN, study_prefix, tuning_job_name
+from model_selection.operators import TuningJobLaunchOperator
+from model_selection.planning import local_launch_spec
+from model_selection.results import ResultsStore
+from model_selection.sensors import TuningJobSensor
+from model_selection.study import Study
+from model_selection.triggers import TuningJobTrigger
+
+TINY = {"pretrained": "false", "image_size": "16", "batch_size": "8", "train_only_top_layer": "False"}
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Study:
+    data = tmp_path / "data"
+    write_image_folders(data / "training", 3, 8, seed=1)
+    write_image_folders(data / "validation", 3, 4, seed=2)
+    parsed, problems = Study.parse(
+        {"model_ids": ["test_resnet", "test_efficientnet"], "hyperparameters": TINY, "epochs": 2,
+         "dataset": {"name": "tiny", "training": str(data / "training"), "validation": str(data / "validation")},
+         "results_uri": str(tmp_path / "results")},
+        tmp_path,
+    )
+    assert problems == []
+    return parsed
+
+
+def launch_for(study: Study, model_id: str, jobs_root: Path, max_concurrent: int = 10, **hyperparameters) -> dict:
+    spec = local_launch_spec(study, model_id, str(jobs_root))
+    spec["static_hyperparameters"].update(hyperparameters)
+    return {
+        "model_id": model_id,
+        "job_name": tuning_job_name(study.dataset.name, study.config_hash, model_id),
+        "spec": spec,
+        "client": {"backend": "local", "jobs_root": str(jobs_root)},
+        "study_prefix": study_prefix(study.dataset.name, study.config_hash),
+        "max_concurrent_tuning_jobs": max_concurrent,
+    }
+
+
+CONTEXT = {"dag": SimpleNamespace(dag_id="test-dag"), "run_id": "manual__test"}
+
+
+def test_a_retried_launch_attaches_to_the_job_it_already_started(study, tmp_path):
+    launch = launch_for(study, "test_resnet", tmp_path / "jobs")
+    first = TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT)
+    second = TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT)
+    assert first == second == {"job_name": launch["job_name"], "model_id": "test_resnet", "client": launch["client"]}
+    client = LocalSageMakerClient(tmp_path / "jobs")
+    assert client.store.tuning_job_names() == [launch["job_name"]]
+    client.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=launch["job_name"])
+
+
+def test_a_name_taken_by_another_model_is_refused_not_attached(study, tmp_path):
+    launch = launch_for(study, "test_resnet", tmp_path / "jobs")
+    TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT)
+    impostor = {**launch, "model_id": "test_efficientnet", "spec": launch_for(study, "test_efficientnet", tmp_path / "jobs")["spec"]}
+    with pytest.raises(AirflowFailException, match="was not launched for test_efficientnet"):
+        TuningJobLaunchOperator(task_id="launch", launch=impostor).execute(CONTEXT)
+    LocalSageMakerClient(tmp_path / "jobs").stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=launch["job_name"])
+
+
+def test_launch_defers_while_the_study_has_its_limit_in_flight(study, tmp_path):
+    busy = launch_for(study, "test_resnet", tmp_path / "jobs", max_concurrent=1, epochs="200")
+    TuningJobLaunchOperator(task_id="launch", launch=busy).execute(CONTEXT)
+    waiting = launch_for(study, "test_efficientnet", tmp_path / "jobs", max_concurrent=1)
+    operator = TuningJobLaunchOperator(task_id="launch", launch=waiting, wait_seconds=5)
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(CONTEXT)
+    assert deferred.value.method_name == "execute"
+    assert deferred.value.kwargs == {"waits": 1, "waited_seconds": 5}
+    client = LocalSageMakerClient(tmp_path / "jobs")
+    assert client.store.tuning_job_names() == [busy["job_name"]]  # nothing launched while waiting
+    with pytest.raises(TaskDeferred) as again:  # the wait doubles
+        operator.execute(CONTEXT, **deferred.value.kwargs)
+    assert again.value.kwargs == {"waits": 2, "waited_seconds": 15}
+    client.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=busy["job_name"])
+
+
+def run_trigger(trigger: TuningJobTrigger) -> dict:
+    async def first_event():
+        async for event in trigger.run():
+            return event.payload
+
+    return asyncio.run(first_event())
+
+
+def test_trigger_and_sensor_report_success_and_failure(study, tmp_path):
+    good = launch_for(study, "test_resnet", tmp_path / "jobs")
+    bad = launch_for(study, "test_convnext", tmp_path / "jobs")  # crashes on 16-pixel images
+    for launch in (good, bad):
+        TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT)
+    deadline = time.time() + 300
+    success = run_trigger(TuningJobTrigger(good["job_name"], good["client"], 0.5, deadline))
+    failure = run_trigger(TuningJobTrigger(bad["job_name"], bad["client"], 0.5, deadline))
+    assert success["status"] == "success" and failure["status"] == "failed"
+    assert "Kernel size can't be greater" in failure["reason"]
+    sensor = TuningJobSensor(task_id="wait", job={**good, "job_name": good["job_name"]})
+    assert sensor.execute_complete(CONTEXT, success) == good["job_name"]
+    with pytest.raises(AirflowFailException, match="Kernel size"):
+        TuningJobSensor(task_id="wait", job=bad).execute_complete(CONTEXT, failure)
+    poking = TuningJobSensor(task_id="wait", job=bad, deferrable=False)
+    with pytest.raises(AirflowFailException, match="failed"):
+        poking.poke(CONTEXT)
+    assert TuningJobSensor(task_id="wait", job=good, deferrable=False).poke(CONTEXT) is True
+
+
+def test_trigger_times_out_and_the_sensor_stops_the_job(study, tmp_path):
+    slow = launch_for(study, "test_resnet", tmp_path / "jobs", epochs="200")
+    TuningJobLaunchOperator(task_id="launch", launch=slow).execute(CONTEXT)
+    event = run_trigger(TuningJobTrigger(slow["job_name"], slow["client"], 0.2, time.time() + 1))
+    assert event["status"] == "timeout"
+    from airflow.sdk.exceptions import AirflowSensorTimeout
+
+    with pytest.raises(AirflowSensorTimeout):
+        TuningJobSensor(task_id="wait", job=slow).execute_complete(CONTEXT, event)
+    client = LocalSageMakerClient(tmp_path / "jobs")
+    for _ in range(100):
+        status = client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=slow["job_name"])
+        if status["HyperParameterTuningJobStatus"] == "Stopped":
+            break
+        time.sleep(0.2)
+    assert status["HyperParameterTuningJobStatus"] == "Stopped"
+
+
+def test_trigger_serializes_to_an_importable_class():
+    classpath, kwargs = TuningJobTrigger("job", {"backend": "local", "jobs_root": "/x"}, 30, 1e10).serialize()
+    module, name = classpath.rsplit(".", 1)
+    rebuilt = getattr(__import__(module, fromlist=[name]), name)(**kwargs)
+    assert rebuilt.serialize() == (classpath, kwargs)
+
+
+def test_names_are_valid_stable_and_collision_free_over_every_timm_model():
+    import timm
+
+    model_ids = timm.list_models(pretrained=True)
+    assert len(model_ids) > 1500
+    names = [tuning_job_name("caltech-256", "0123456789ab", model_id) for model_id in model_ids]
+    assert all(NAME_PATTERN.match(name) and len(name) <= MAX_TUNING_JOB_NAME for name in names)
+    assert len(set(names)) == len(names)
+    assert names[0] == tuning_job_name("caltech-256", "0123456789ab", model_ids[0])
+    assert tuning_job_name("caltech-256", "0123456789ab", model_ids[0], attempt=1) != names[0]
+    assert tuning_job_name("other-dataset", "0123456789ab", model_ids[0]) != names[0]
+    assert all(name.startswith(study_prefix("caltech-256", "0123456789ab")) for name in names)
+
+
+def test_study_lists_every_problem_at_once(tmp_path):
+    _, problems = Study.parse({"model_ids": [], "dataset": {"name": "bad name!", "training": "x", "colour": 1},
+                               "learning_rate_multipliers": [0], "epochs": 0, "backend": "gcp",
+                               "model_list": "../../etc/passwd"}, tmp_path)
+    text = "\n".join(problems)
+    for expected in ("backend 'gcp'", "model list is empty", "dataset name 'bad name!'", "unknown fields ['colour']",
+                     "multiplier 0 is not a positive number", "epochs must be an integer of at least 1",
+                     "model_list '../../etc/passwd' is not a list name"):
+        assert expected in text
+
+
+def _append_rows(uri: str, writer: int) -> None:
+    store = ResultsStore(uri)
+    for batch in range(10):
+        store.append([{"dataset": "d", "model_id": f"m{writer}-{batch}-{k}", "config_hash": "c", "status": "Completed",
+                       "finished_at": f"{batch}"} for k in range(5)], run_id=f"writer{writer}")
+
+
+def test_concurrent_writers_lose_no_rows_and_torn_files_are_ignored(tmp_path):
+    uri = str(tmp_path / "store")
+    writers = [multiprocessing.Process(target=_append_rows, args=(uri, writer)) for writer in range(4)]
+    for process in writers:
+        process.start()
+    for process in writers:
+        process.join()
+    (tmp_path / "store" / "rows" / "d" / ".killed-mid-write.jsonl.tmp").write_text('{"dataset": "d", "mod')
+    rows = ResultsStore(uri).read_latest(dataset="d")
+    assert len(rows) == 4 * 10 * 5
+    assert len({row["model_id"] for row in rows}) == 200
+
+
+def test_results_store_keeps_the_latest_row_per_model_and_counts_attempts(tmp_path):
+    store = ResultsStore(str(tmp_path / "store"))
+    store.append([{"dataset": "d", "model_id": "m", "config_hash": "c", "status": "Failed", "finished_at": "2026-01-01"}])
+    store.append([{"dataset": "d", "model_id": "m", "config_hash": "c", "status": "Completed", "finished_at": "2026-01-02"}])
+    assert [row["status"] for row in store.read_latest()] == ["Completed"]
+    assert store.attempts("d", "m", "c") == (2, True)
+    assert store.attempts("d", "m", "other") == (0, False)
+    unwritable = ResultsStore("/proc/no-such-place")
+    with pytest.raises(OSError):
+        unwritable.check_writable()
+    assert json.loads(json.dumps(store.read_all()))  # rows are plain JSON
