@@ -1,0 +1,259 @@
+"""The SageMaker backend against a real HTTP endpoint (moto's server) and offline JumpStart metadata."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import botocore.session
+import pytest
+from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
+from botocore.awsrequest import AWSResponse
+from fake_sagemaker import REGION, ROLE, FakeSageMaker, jumpstart_log
+from jumpstart_fixtures import write_jumpstart_metadata
+
+from model_selection.backends import jumpstart
+from model_selection.backends.api import request_problems
+from model_selection.collection import THROUGHPUT_MEASURES, collect_row
+from model_selection.dag_tasks import plan_task
+from model_selection.operators import TuningJobLaunchOperator
+from model_selection.sensors import TuningJobSensor
+from model_selection.study import StudyError
+from model_selection.triggers import TuningJobTrigger
+from model_selection.tuning_request import build_tuning_request
+
+MODELS = [f"tensorflow-ic-imagenet-mobilenet-v2-{width}-224-classification-4" for width in ("100", "075", "050", "035")]
+CONTEXT = {"dag": SimpleNamespace(dag_id="test-dag"), "run_id": "manual__test"}
+
+
+@pytest.fixture
+def fake(tmp_path: Path, monkeypatch):
+    from sagemaker.core.jumpstart.accessors import JumpStartModelsAccessor
+
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in write_jumpstart_metadata(tmp_path / "jumpstart", MODELS, region=REGION).items():
+        monkeypatch.setenv(name, value)
+    jumpstart._session.cache_clear()
+    JumpStartModelsAccessor.reset_cache()
+    service = FakeSageMaker(run_seconds=1.0, failing=("-035-",))
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", service.connection())
+    s3 = service.client("s3")
+    s3.create_bucket(Bucket="study-data", CreateBucketConfiguration={"LocationConstraint": REGION})
+    for channel in ("training", "validation", "test"):
+        for label in ("cat", "dog"):
+            s3.put_object(Bucket="study-data", Key=f"pets/{channel}/{label}/0001.jpg", Body=b"jpeg")
+    yield service
+    service.close()
+
+
+def params(**overrides) -> dict:
+    return {
+        "backend": "sagemaker",
+        "model_ids": MODELS[:3],
+        "dataset": {"name": "pets", "training": "s3://study-data/pets/training",
+                    "validation": "s3://study-data/pets/validation", "test": "s3://study-data/pets/test"},
+        "hyperparameters": {},
+        "role_arn": ROLE,
+        "output_path": "s3://study-data/output",
+        "max_concurrent_tuning_jobs": 10,
+        **overrides,
+    }
+
+
+def plan(tmp_path: Path, **overrides) -> list[dict]:
+    return plan_task({**params(**overrides), "results_uri": str(tmp_path / "results")}, tmp_path)["launches"]
+
+
+def test_the_tuning_request_is_the_notebooks_and_botocore_accepts_it(fake, tmp_path):
+    launches = plan(tmp_path)
+    assert [launch["model_id"] for launch in launches] == MODELS[:3]
+    for launch in launches:
+        request = build_tuning_request(launch["job_name"], **launch["spec"], tags={"model-selection:model-id": launch["model_id"]})
+        assert request_problems("CreateHyperParameterTuningJob", request) == []
+        config, definition = request["HyperParameterTuningJobConfig"], request["TrainingJobDefinition"]
+        assert config["Strategy"] == "Grid"
+        assert config["ParameterRanges"]["CategoricalParameterRanges"] == [{"Name": "learning_rate", "Values": ["0.001", "0.0002"]}]
+        assert config["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 2, "MaxParallelTrainingJobs": 2}
+        assert config["HyperParameterTuningJobObjective"] == {"Type": "Maximize", "MetricName": "val_accuracy"}
+        static = definition["StaticHyperParameters"]
+        assert static["epochs"] == "10" and static["early_stopping"] == "True" and static["early_stopping_patience"] == "3"
+        assert static["sagemaker_program"] == "transfer_learning.py"
+        assert static["sagemaker_submit_directory"].startswith("s3://jumpstart-cache-prod-us-west-2/")
+        assert "learning_rate" not in static and static["batch_size"] == "32"
+        channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in definition["InputDataConfig"]}
+        assert channels["training"] == "s3://study-data/pets/training" and launch["model_id"] in channels["model"]
+        assert definition["AlgorithmSpecification"]["TrainingImage"].startswith("763104351884.dkr.ecr.us-west-2")
+        assert definition["ResourceConfig"]["InstanceType"] == "ml.g4dn.xlarge"
+        names = {d["Name"] for d in definition["AlgorithmSpecification"]["MetricDefinitions"]}
+        assert {"val_accuracy", "test_accuracy", "test_throughput", "num_params", "test_top_5_accuracy"} <= names
+
+
+def test_plan_names_every_sagemaker_problem_at_once(fake, tmp_path):
+    bad = params(model_ids=[MODELS[0], "tensorflow-ic-no-such-model"], instance_type="ml.p3.2xlarge",
+                 hyperparameters={"learning_rat": "0.1"}, role_arn="", output_path="file:///tmp")
+    bad["dataset"]["validation"] = "s3://study-data/pets/nothing-here"
+    with pytest.raises(AirflowFailException) as error:
+        plan_task({**bad, "results_uri": str(tmp_path / "results")}, tmp_path)
+    text = str(error.value)
+    assert "no SageMaker execution role" in text and "output_path 'file:///tmp' must be an s3://" in text
+    bad.update(role_arn=ROLE, output_path="s3://study-data/output")
+    with pytest.raises(AirflowFailException) as error:
+        plan_task({**bad, "results_uri": str(tmp_path / "results")}, tmp_path)
+    text = str(error.value)
+    assert "unknown JumpStart model 'tensorflow-ic-no-such-model'" in text
+    assert "s3://study-data/pets/nothing-here is empty or does not exist" in text
+    assert "hyperparameters ['learning_rat'] are not among the model's" in text
+    with pytest.raises(AirflowFailException, match="does not support training instance type 'ml.t3.medium'"):
+        plan_task({**params(instance_type="ml.t3.medium"), "results_uri": str(tmp_path / "results")}, tmp_path)
+
+
+class Throttle:
+    """Answers ThrottlingException to every other call of the given operations, as botocore would receive it."""
+
+    def __init__(self, operations: tuple[str, ...]):
+        self.operations = operations
+        self.calls: Counter = Counter()
+        self.throttled: Counter = Counter()
+
+    def __call__(self, request, event_name: str, **kwargs):
+        operation = event_name.rsplit(".", 1)[-1]
+        if operation not in self.operations:
+            return None
+        self.calls[operation] += 1
+        if self.calls[operation] % 2:
+            self.throttled[operation] += 1
+            body = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"}).encode()
+            return AWSResponse(request.url, 400, {"x-amzn-ErrorType": "ThrottlingException"}, _Raw(body))
+        return None
+
+
+class _Raw:
+    def __init__(self, body: bytes):
+        self.body = body
+
+    def stream(self, **kwargs):
+        yield self.body
+
+
+@pytest.fixture
+def hooked(monkeypatch):
+    """Registers handlers on every botocore client made from now on (the provider's hook makes them)."""
+    handlers: list = []
+    create_client = botocore.session.Session.create_client
+
+    def create_and_hook(self, *args, **kwargs):
+        client = create_client(self, *args, **kwargs)
+        for handler in handlers:
+            client.meta.events.register("before-send.sagemaker.*", handler)
+        return client
+
+    monkeypatch.setattr(botocore.session.Session, "create_client", create_and_hook)
+    return handlers
+
+
+def wait_with_trigger(job: dict, poll: float = 0.2, timeout: float = 120) -> dict:
+    trigger = TuningJobTrigger(job["job_name"], job["client"], poll, time.time() + timeout)
+
+    async def first():
+        async for event in trigger.run():
+            return event.payload
+
+    return asyncio.run(first())
+
+
+def test_throttling_on_create_and_describe_never_fails_a_model_or_launches_twice(fake, tmp_path, hooked):
+    throttle = Throttle(("CreateHyperParameterTuningJob", "DescribeHyperParameterTuningJob"))
+    hooked.append(throttle)
+    launches = plan(tmp_path, model_ids=MODELS[:3])
+    jobs = [TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT) for launch in launches]
+    events = [wait_with_trigger(job) for job in jobs]
+    assert [event["status"] for event in events] == ["success"] * 3
+    assert throttle.throttled["CreateHyperParameterTuningJob"] >= 1 and throttle.throttled["DescribeHyperParameterTuningJob"] >= 1
+    assert sorted(fake.backend.hyper_parameter_tuning_jobs) == sorted(launch["job_name"] for launch in launches)
+
+
+def test_exhausted_retries_on_throttling_defer_the_launch_instead_of_failing(fake, tmp_path, hooked, monkeypatch):
+    connection = json.loads(fake.connection())
+    connection["extra"]["config_kwargs"] = {"retries": {"mode": "standard", "total_max_attempts": 1}}
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
+    hooked.append(Throttle(("CreateHyperParameterTuningJob",)))
+    launch = plan(tmp_path, model_ids=MODELS[:1])[0]
+    with pytest.raises(TaskDeferred) as deferred:
+        TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT)
+    assert deferred.value.kwargs["waits"] == 1
+    assert fake.backend.hyper_parameter_tuning_jobs == {}
+    TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT, **deferred.value.kwargs)  # the retry
+    assert list(fake.backend.hyper_parameter_tuning_jobs) == [launch["job_name"]]
+
+
+def test_resource_limit_exceeded_makes_the_launch_wait(fake, tmp_path, hooked):
+    def quota(request, event_name: str, **kwargs):
+        if event_name.endswith("CreateHyperParameterTuningJob") and fake.in_flight() >= 1:
+            body = json.dumps({"__type": "ResourceLimitExceeded",
+                               "message": "The account-level service limit for tuning jobs is 1"}).encode()
+            return AWSResponse(request.url, 400, {}, _Raw(body))
+        return None
+
+    hooked.append(quota)
+    first, second = plan(tmp_path, model_ids=MODELS[:2])
+    TuningJobLaunchOperator(task_id="launch", launch=first).execute(CONTEXT)
+    with pytest.raises(TaskDeferred):
+        TuningJobLaunchOperator(task_id="launch", launch=second).execute(CONTEXT)
+    assert list(fake.backend.hyper_parameter_tuning_jobs) == [first["job_name"]]
+    assert wait_with_trigger({"job_name": first["job_name"], "client": first["client"]})["status"] == "success"
+    TuningJobLaunchOperator(task_id="launch", launch=second).execute(CONTEXT, waits=1, waited_seconds=60)
+    assert sorted(fake.backend.hyper_parameter_tuning_jobs) == sorted([first["job_name"], second["job_name"]])
+
+
+def test_failed_and_console_stopped_jobs_fail_the_wait_with_their_reason(fake, tmp_path):
+    good, failing = plan(tmp_path, model_ids=[MODELS[0], MODELS[3]])
+    jobs = [TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT) for launch in (good, failing)]
+    fake.stop_from_console(good["job_name"])
+    failed = wait_with_trigger(jobs[1])
+    assert failed["status"] == "failed" and "CUDA out of memory" in failed["reason"]
+    with pytest.raises(AirflowFailException, match="CUDA out of memory"):
+        TuningJobSensor(task_id="wait", job=jobs[1]).execute_complete(CONTEXT, failed)
+    stopped = wait_with_trigger(jobs[0])
+    assert stopped["status"] == "stopped"
+    with pytest.raises(AirflowFailException, match="was stopped"):
+        TuningJobSensor(task_id="wait", job=jobs[0]).execute_complete(CONTEXT, stopped)
+
+
+def test_collected_row_holds_the_best_training_jobs_metrics(fake, tmp_path):
+    planned = plan_task({**params(model_ids=MODELS[:1]), "results_uri": str(tmp_path / "results")}, tmp_path)
+    launch = planned["launches"][0]
+    job = TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT)
+    assert wait_with_trigger(job)["status"] == "success"
+    from model_selection.backends import get_client
+
+    row = collect_row(get_client(**planned["client"]), launch, planned["study"], "manual__test")
+    assert row["status"] == "Completed" and row["learning_rate"] == 0.001
+    expected = json.loads(json.dumps(row))  # plain JSON, as the results store keeps it
+    printed = re.search(r"- Average test throughput: ([0-9.]+)", jumpstart_log(MODELS[0], 0.001)).group(1)
+    assert expected["test_throughput"] == pytest.approx(float(printed))
+    assert expected["num_params"] == 2257984 + 12810 and expected["test_top_5_accuracy"] == pytest.approx(0.981)
+    assert row["throughput_measure"] == THROUGHPUT_MEASURES["sagemaker"]
+    assert row["instance_type"] == "ml.g4dn.xlarge" and row["family"] == "mobilenet"
+
+
+def test_the_sagemaker_sdk_reads_a_job_this_project_launched(fake, tmp_path, monkeypatch):
+    import boto3
+    from sagemaker.core.resources import HyperParameterTuningJob
+
+    launch = plan(tmp_path, model_ids=MODELS[:1])[0]
+    TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER", fake.endpoint)  # how a notebook would reach this endpoint
+    boto_session = boto3.Session(region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing")
+    job = HyperParameterTuningJob.get(hyper_parameter_tuning_job_name=launch["job_name"], session=boto_session,
+                                      region=REGION)
+    assert job.hyper_parameter_tuning_job_name == launch["job_name"]
+    assert job.hyper_parameter_tuning_job_status in ("InProgress", "Completed")
+    tags = {tag["Key"]: tag["Value"] for tag in fake.client("sagemaker").list_tags(
+        ResourceArn=job.hyper_parameter_tuning_job_arn)["Tags"]}
+    assert tags["model-selection:model-id"] == MODELS[0] and tags["model-selection:run-id"] == "manual__test"
