@@ -257,3 +257,26 @@ def test_the_sagemaker_sdk_reads_a_job_this_project_launched(fake, tmp_path, mon
     tags = {tag["Key"]: tag["Value"] for tag in fake.client("sagemaker").list_tags(
         ResourceArn=job.hyper_parameter_tuning_job_arn)["Tags"]}
     assert tags["model-selection:model-id"] == MODELS[0] and tags["model-selection:run-id"] == "manual__test"
+
+
+def test_the_dag_end_to_end_on_sagemaker(fake, tmp_path):
+    """plan, launch, wait, collect and report through `airflow dags test`, against the moto endpoint."""
+    import os
+
+    from airflow_env import airflow_environment, dags_test, migrate
+
+    from model_selection.results import ResultsStore
+
+    environment = airflow_environment(tmp_path / "home", tmp_path / "jobs", tmp_path / "results")
+    environment.update({name: os.environ[name] for name in os.environ if name.startswith(("AWS_", "AIRFLOW_CONN_"))})
+    migrate(environment)
+    run = dags_test(environment, {**params(model_ids=[MODELS[0], MODELS[1], MODELS[3]]), "hyperparameters": {}})
+    output = run.stdout + run.stderr
+    rows = {row["model_id"]: row for row in ResultsStore(str(tmp_path / "results")).read_latest(dataset="pets")}
+    assert {model: row["status"] for model, row in rows.items()} == {
+        MODELS[0]: "Completed", MODELS[1]: "Completed", MODELS[3]: "Failed"}, output[-4000:]
+    assert "CUDA out of memory" in rows[MODELS[3]]["failure_reason"]
+    assert all(rows[model]["test_accuracy"] > 0.5 for model in MODELS[:2])
+    report = next((tmp_path / "results" / "reports" / "pets").iterdir())
+    assert "per batch" in (report / "frontier.md").read_text()
+    assert sorted(fake.backend.hyper_parameter_tuning_jobs) == sorted(row["tuning_job_name"] for row in rows.values())
