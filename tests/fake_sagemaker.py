@@ -52,7 +52,7 @@ def jumpstart_log(model_id: str, learning_rate: float) -> str:
 
 
 class FakeSageMaker:
-    def __init__(self, run_seconds: float = 1.0, failing: tuple[str, ...] = ()):
+    def __init__(self, run_seconds: float = 1.0, failing: tuple[str, ...] = (), missing_metrics: tuple[str, ...] = ()):
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.server.start()
         host, port = self.server.get_host_and_port()
@@ -60,6 +60,7 @@ class FakeSageMaker:
         urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST"))  # moto keeps state per process
         self.run_seconds = run_seconds
         self.failing = failing
+        self.missing_metrics = missing_metrics  # left out of FinalMetricDataList: only the log has them
         self.started: dict[str, float] = {}
         self.stop_requested: set[str] = set()
         self._stop = threading.Event()
@@ -146,7 +147,9 @@ class FakeSageMaker:
             self._end(job, "Failed", "No training job succeeded after 2 attempts. AlgorithmError: ExecuteUserScriptError: "
                                      "CUDA out of memory")
             return
-        sagemaker = self.client("sagemaker")
+        sagemaker, logs = self.client("sagemaker"), self.client("logs")
+        if "/aws/sagemaker/TrainingJobs" not in [g["logGroupName"] for g in logs.describe_log_groups()["logGroups"]]:
+            logs.create_log_group(logGroupName="/aws/sagemaker/TrainingJobs")
         rates = job.hyper_parameter_tuning_job_config["ParameterRanges"]["CategoricalParameterRanges"][0]["Values"]
         trials = []
         for index, rate in enumerate(rates, start=1):
@@ -159,11 +162,16 @@ class FakeSageMaker:
                 OutputDataConfig=definition["OutputDataConfig"], ResourceConfig=definition["ResourceConfig"],
                 StoppingCondition=definition["StoppingCondition"],
             )
-            metrics = extract_final_metrics(jumpstart_log(model_id, float(rate)),
-                                            definition["AlgorithmSpecification"]["MetricDefinitions"])
+            text = jumpstart_log(model_id, float(rate))
+            stream = f"{name}/algo-1-1700000000"
+            logs.create_log_stream(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream)
+            logs.put_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream,
+                                logEvents=[{"timestamp": int(time.time() * 1000), "message": line}
+                                           for line in text.splitlines()])
+            metrics = extract_final_metrics(text, definition["AlgorithmSpecification"]["MetricDefinitions"])
             trial = self.backend.training_jobs[name]
             trial.final_metric_data_list = [{"MetricName": metric, "Value": value, "Timestamp": _now()}
-                                            for metric, value in metrics.items()]
+                                            for metric, value in metrics.items() if metric not in self.missing_metrics]
             trials.append((metrics["val_accuracy"], name, rate))
         best_value, best_name, best_rate = max(trials)
         job.best_training_job = {

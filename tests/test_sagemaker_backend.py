@@ -41,7 +41,7 @@ def fake(tmp_path: Path, monkeypatch):
         monkeypatch.setenv(name, value)
     jumpstart._session.cache_clear()
     JumpStartModelsAccessor.reset_cache()
-    service = FakeSageMaker(run_seconds=1.0, failing=("-035-",))
+    service = FakeSageMaker(run_seconds=1.0, failing=("-035-",), missing_metrics=("test_throughput",))
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", service.connection())
     s3 = service.client("s3")
     s3.create_bucket(Bucket="study-data", CreateBucketConfiguration={"LocationConstraint": REGION})
@@ -230,9 +230,13 @@ def test_collected_row_holds_the_best_training_jobs_metrics(fake, tmp_path):
     launch = planned["launches"][0]
     job = TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT)
     assert wait_with_trigger(job)["status"] == "success"
-    from model_selection.backends import get_client
+    from model_selection.backends import get_client, get_log_reader
 
-    row = collect_row(get_client(**planned["client"]), launch, planned["study"], "manual__test")
+    without_logs = collect_row(get_client(**planned["client"]), launch, planned["study"], "manual__test")
+    assert without_logs.get("test_throughput") is None  # the fake leaves it out of FinalMetricDataList
+    row = collect_row(get_client(**planned["client"]), launch, planned["study"], "manual__test",
+                      get_log_reader(**planned["client"]))
+    assert row["metrics_from_log"] == ["test_throughput"]
     assert row["status"] == "Completed" and row["learning_rate"] == 0.001
     expected = json.loads(json.dumps(row))  # plain JSON, as the results store keeps it
     printed = re.search(r"- Average test throughput: ([0-9.]+)", jumpstart_log(MODELS[0], 0.001)).group(1)
@@ -280,3 +284,22 @@ def test_the_dag_end_to_end_on_sagemaker(fake, tmp_path):
     report = next((tmp_path / "results" / "reports" / "pets").iterdir())
     assert "per batch" in (report / "frontier.md").read_text()
     assert sorted(fake.backend.hyper_parameter_tuning_jobs) == sorted(row["tuning_job_name"] for row in rows.values())
+
+
+def test_a_filter_in_the_model_list_selects_jumpstart_models(fake, tmp_path, monkeypatch):
+    """`filter: ...` entries are resolved with list_jumpstart_models against the region's catalogue bucket."""
+    from jumpstart_fixtures import upload_jumpstart_metadata
+    from sagemaker.core.jumpstart.accessors import JumpStartModelsAccessor
+
+    for name in ("AWS_JUMPSTART_MANIFEST_LOCAL_ROOT_DIR_OVERRIDE", "AWS_JUMPSTART_SPECS_LOCAL_ROOT_DIR_OVERRIDE"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", fake.endpoint)
+    upload_jumpstart_metadata(tmp_path / "jumpstart", fake.client("s3"), region=REGION)
+    jumpstart._session.cache_clear()
+    JumpStartModelsAccessor.reset_cache()
+    launches = plan(tmp_path, model_ids=[MODELS[2], "filter: task == ic & framework == tensorflow"])
+    assert [launch["model_id"] for launch in launches] == [MODELS[2], *sorted(set(MODELS) - {MODELS[2]})]
+    with pytest.raises(AirflowFailException, match="selects no JumpStart model"):
+        plan(tmp_path, model_ids=["filter: framework == pytorch"])
+    with pytest.raises(AirflowFailException, match="is not of the form"):
+        plan(tmp_path, model_ids=["filter: task ~ ic"])

@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 from model_selection.backends.api import RESOURCE_NOT_FOUND, error_code
+from model_selection.metrics import extract_final_metrics, metric_definitions
+
+log = logging.getLogger(__name__)
 
 THROUGHPUT_MEASURES = {
     "local": "per example: model forward passes only, after a warm-up batch, in inference mode (local trainer)",
     "sagemaker": "per batch, as the JumpStart script reports it (not per example)",
 }
+# What the report needs; if FinalMetricDataList lacks one, the training log is read for it.
+REPORT_METRICS = ("num_params", "test_accuracy", "test_top_5_accuracy", "test_throughput", "train_epoch_duration")
 JUMPSTART_PREFIXES = ("tensorflow-ic-", "pytorch-ic-", "imagenet-", "tf2-preview-", "bit-m-", "bit-s-")
 
 
@@ -57,7 +63,24 @@ def _local_details(model_artifacts: str | None) -> dict[str, Any]:
     }
 
 
-def collect_row(client: Any, launch: Mapping[str, Any], study: Mapping[str, Any], run_id: str) -> dict[str, Any]:
+def _missing_from_log(row: dict[str, Any], training_job: str, read_log: Callable[[str], str] | None) -> None:
+    """Fill report metrics that FinalMetricDataList lacks from the training log, with the same regexes."""
+    missing = [name for name in REPORT_METRICS if row.get(name) is None]
+    if not missing or read_log is None:
+        return
+    try:
+        found = extract_final_metrics(read_log(training_job), metric_definitions())
+    except Exception as error:  # noqa: BLE001 - a log we cannot read leaves the metric missing, not the row
+        log.warning("could not read the log of %s for %s: %s", training_job, missing, error)
+        return
+    recovered = {name: found[name] for name in missing if name in found}
+    row.update(recovered)
+    if recovered:
+        row["metrics_from_log"] = sorted(recovered)
+
+
+def collect_row(client: Any, launch: Mapping[str, Any], study: Mapping[str, Any], run_id: str,
+                read_log: Callable[[str], str] | None = None) -> dict[str, Any]:
     """Describe the tuning job and its best training job; failures become rows with their reason."""
     model_id = launch["model_id"]
     row: dict[str, Any] = {
@@ -96,5 +119,6 @@ def collect_row(client: Any, launch: Mapping[str, Any], study: Mapping[str, Any]
     row["learning_rate"] = float(best["TunedHyperParameters"]["learning_rate"])
     row["hyperparameters"] = json.dumps(training.get("HyperParameters", {}), sort_keys=True)
     row.update({metric["MetricName"]: metric["Value"] for metric in training.get("FinalMetricDataList", [])})
+    _missing_from_log(row, best["TrainingJobName"], read_log)
     row.update(_local_details((training.get("ModelArtifacts") or {}).get("S3ModelArtifacts")))
     return row

@@ -50,7 +50,7 @@ def collect_task(ti: Any, run_id: str) -> dict[str, Any]:
     so that a failed plan skips this task instead of failing it on a missing XCom."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from model_selection.backends import get_client
+    from model_selection.backends import get_client, get_log_reader
     from model_selection.collection import collect_row
     from model_selection.results import ResultsStore
 
@@ -58,8 +58,9 @@ def collect_task(ti: Any, run_id: str) -> dict[str, Any]:
     study = ti.xcom_pull(task_ids="plan", key="study")
     if study is None:
         raise AirflowSkipException("the plan did not succeed: there is nothing to collect")
-    backend = get_client(**ti.xcom_pull(task_ids="plan", key="client"))
-    rows = [collect_row(backend, launch, study, run_id) for launch in launches]
+    settings = ti.xcom_pull(task_ids="plan", key="client")
+    backend, read_log = get_client(**settings), get_log_reader(**settings)
+    rows = [collect_row(backend, launch, study, run_id, read_log) for launch in launches]
     for row in rows:
         log.info("%s: %s%s", row["model_id"], row["status"], f" ({row['failure_reason']})" if row["failure_reason"] else "")
     written = ResultsStore(study["results_uri"]).append(rows, run_id=run_id) if rows else []

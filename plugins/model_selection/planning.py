@@ -97,7 +97,7 @@ def plan(params: dict[str, Any], project_root: Path, jobs_root: str) -> dict[str
     if study.backend == "local":
         specs = {model_id: local_launch_spec(study, model_id, jobs_root) for model_id in study.model_ids}
     launches, skipped = [], []
-    for model_id in study.model_ids:
+    for model_id in specs:
         attempts, completed = store.attempts(study.dataset.name, model_id, study.config_hash)
         if completed and not study.force:
             skipped.append(model_id)

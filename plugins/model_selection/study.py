@@ -17,6 +17,9 @@ from typing import Any
 
 BACKENDS = ("local", "sagemaker")
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,127}$")
+# A JumpStart catalogue filter in the model list: "filter: task == ic & framework == tensorflow".
+FILTER_PREFIX = "filter:"
+FILTER_CONDITION = re.compile(r"^[a-z_]+ (==|!=) [A-Za-z0-9._\-]+$")
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
 CHANNELS = ("training", "validation", "test")
 
@@ -53,6 +56,7 @@ class Study:
     output_path: str | None = None
     aws_conn_id: str = "aws_default"
     region_name: str | None = None
+    model_filters: tuple[tuple[str, ...], ...] = ()
 
     @property
     def config_hash(self) -> str:
@@ -80,7 +84,9 @@ class Study:
         if backend not in BACKENDS:
             problems.append(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
 
-        model_ids = _model_ids(params, project_root / "include", problems)
+        model_ids, filters = _model_ids(params, project_root / "include", problems)
+        if filters and backend != "sagemaker":
+            problems.append("model list filters select JumpStart models: they need the sagemaker backend")
         dataset = _dataset(params.get("dataset"), project_root, backend, problems)
 
         hyperparameters = params.get("hyperparameters") or {}
@@ -121,6 +127,7 @@ class Study:
             role_arn=params.get("role_arn") or None,
             output_path=params.get("output_path") or None,
             aws_conn_id=str(params.get("aws_conn_id") or "aws_default"),
+            model_filters=tuple(filters),
             region_name=params.get("region_name") or None,
         )
         return study, problems
@@ -145,7 +152,16 @@ def model_list_file(include_dir: Path, name: str) -> Path:
     return include_dir / "model_lists" / f"{name}.txt"
 
 
-def _model_ids(params: Mapping[str, Any], include_dir: Path, problems: list[str]) -> list[str]:
+def _model_filter(entry: str, problems: list[str]) -> tuple[str, ...]:
+    conditions = tuple(part.strip() for part in entry[len(FILTER_PREFIX):].split("&"))
+    for condition in conditions:
+        if not FILTER_CONDITION.match(condition):
+            problems.append(f"model filter condition {condition!r} is not of the form 'field == value' or 'field != value'")
+    return conditions
+
+
+def _model_ids(params: Mapping[str, Any], include_dir: Path, problems: list[str]) -> tuple[list[str], list[tuple[str, ...]]]:
+    """Model ids, and JumpStart filters, from `model_ids` and an optional curated list file."""
     raw = params.get("model_ids") or []
     if not isinstance(raw, list):
         problems.append("model_ids must be a list of model ids")
@@ -162,16 +178,18 @@ def _model_ids(params: Mapping[str, Any], include_dir: Path, problems: list[str]
                              if line.split("#")[0].strip()]
         except StudyError as error:
             problems.append(str(error))
-    ids = [str(model_id).strip() for model_id in raw]
-    if not ids:
-        problems.append("the model list is empty: give model_ids or a model_list")
+    entries = [str(model_id).strip() for model_id in raw]
+    filters = [_model_filter(entry, problems) for entry in entries if entry.startswith(FILTER_PREFIX)]
+    ids = [entry for entry in entries if not entry.startswith(FILTER_PREFIX)]
+    if not ids and not filters:
+        problems.append("the model list is empty: give model_ids, a filter or a model_list")
     duplicates = sorted({model_id for model_id in ids if ids.count(model_id) > 1})
     if duplicates:
         problems.append(f"duplicate model ids: {duplicates}")
     for model_id in dict.fromkeys(ids):
         if not SAFE_ID.match(model_id):
             problems.append(f"model id {model_id!r} has characters other than letters, digits, '.', '_', '-' and '/'")
-    return list(dict.fromkeys(ids))
+    return list(dict.fromkeys(ids)), filters
 
 
 def _dataset(raw: Any, project_root: Path, backend: str, problems: list[str]) -> Dataset:

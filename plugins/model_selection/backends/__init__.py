@@ -7,6 +7,7 @@ provider's hook, with adaptive retries unless the connection's extra says otherw
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 BACKENDS = ("local", "sagemaker")
@@ -24,3 +25,15 @@ def get_client(backend: str, jobs_root: str | None = None, aws_conn_id: str | No
 
         return sagemaker_client(aws_conn_id=aws_conn_id, region_name=region_name)
     raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+
+
+def get_log_reader(backend: str, jobs_root: str | None = None, aws_conn_id: str | None = "aws_default",
+                   region_name: str | None = None) -> Callable[[str], str]:
+    """A training job's log by name: CloudWatch Logs for SageMaker, the job's log file locally."""
+    if backend == "local":
+        from model_selection.backends.local import LocalSageMakerClient
+
+        return LocalSageMakerClient(jobs_root).training_job_log
+    from model_selection.backends.sagemaker import cloudwatch_training_log
+
+    return lambda name: cloudwatch_training_log(name, aws_conn_id=aws_conn_id, region_name=region_name)

@@ -256,6 +256,10 @@ class LocalSageMakerClient:
         page, token = _page(summaries, MaxResults, NextToken)
         return {"HyperParameterTuningJobSummaries": page, **({"NextToken": token} if token else {})}
 
+    def training_job_log(self, name: str) -> str:
+        """What the trainer printed: the same text SageMaker's metric regexes read."""
+        return (self.store.training_dir(name) / "log.txt").read_text(errors="replace")
+
     # -- stop ---------------------------------------------------------------------------------
     def stop_hyper_parameter_tuning_job(self, HyperParameterTuningJobName: str) -> dict[str, Any]:
         operation = "StopHyperParameterTuningJob"

@@ -25,6 +25,7 @@ def sagemaker_client(aws_conn_id: str | None = "aws_default", region_name: str |
 
 
 ROLE_VARIABLE = "model_selection_role_arn"
+TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 CONTAINER_LOG_LEVEL = "20"
 
 
@@ -61,10 +62,12 @@ def _empty_prefixes(study: Any) -> list[str]:
 
 
 def sagemaker_launch_specs(study: Any, study_hyperparameters: dict[str, str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """Resolve every JumpStart model and build its `build_tuning_request` arguments; list every problem."""
+    """Resolve every JumpStart model (those the filters select too) and build its `build_tuning_request`
+    arguments, in model-list order; list every problem."""
     from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 
-    from model_selection.backends.jumpstart import JumpStartError, resolve
+    from model_selection.backends.jumpstart import JumpStartError, list_models, resolve
+    from model_selection.study import FILTER_CONDITION
     from model_selection.tuning_request import channel, learning_rate_values
 
     problems: list[str] = []
@@ -80,7 +83,15 @@ def sagemaker_launch_specs(study: Any, study_hyperparameters: dict[str, str]) ->
     if not problems:
         problems += _empty_prefixes(study)
     specs: dict[str, dict[str, Any]] = {}
-    for model_id in study.model_ids if region else ():
+    model_ids = list(study.model_ids)
+    for conditions in study.model_filters if region else ():
+        if not all(FILTER_CONDITION.match(condition) for condition in conditions):
+            continue  # the study has named the malformed condition already
+        selected = list_models(list(conditions), region)
+        if not selected:
+            problems.append(f"model filter {' & '.join(conditions)!r} selects no JumpStart model in {region}")
+        model_ids += [model_id for model_id in selected if model_id not in model_ids]
+    for model_id in model_ids if region else ():
         try:
             model = resolve(model_id, study.instance_type, region)
         except JumpStartError as error:
@@ -110,3 +121,16 @@ def sagemaker_launch_specs(study: Any, study_hyperparameters: dict[str, str]) ->
             "output_path": study.output_path or "",
         }
     return specs, problems
+
+
+def cloudwatch_training_log(name: str, aws_conn_id: str | None = "aws_default", region_name: str | None = None) -> str:
+    """Every stream of the training job (`NAME/algo-1-...`) in CloudWatch Logs, as one text."""
+    from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
+
+    hook = AwsLogsHook(aws_conn_id=aws_conn_id, region_name=region_name)
+    streams = hook.conn.describe_log_streams(logGroupName=TRAINING_LOG_GROUP, logStreamNamePrefix=f"{name}/")
+    lines = []
+    for stream in streams.get("logStreams", []):
+        events = hook.get_log_events(TRAINING_LOG_GROUP, stream["logStreamName"], start_from_head=True)
+        lines += [event["message"] for event in events]
+    return "\n".join(lines)
