@@ -23,7 +23,6 @@ from model_selection.collection import THROUGHPUT_MEASURES, collect_row
 from model_selection.dag_tasks import plan_task
 from model_selection.operators import TuningJobLaunchOperator
 from model_selection.sensors import TuningJobSensor
-from model_selection.study import StudyError
 from model_selection.triggers import TuningJobTrigger
 from model_selection.tuning_request import build_tuning_request
 

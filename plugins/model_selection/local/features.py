@@ -8,18 +8,17 @@ job share them: the first computes, the others (waiting on a file lock) load.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from model_selection.local.data import LabelledImages
+from model_selection.local.jobstore import file_lock
 
 FeaturesAndLabels = tuple[torch.Tensor, torch.Tensor]
 
@@ -42,23 +41,13 @@ def feature_key(model_id: str, weights: str, seed: int, preprocessing: object, i
     return hashlib.sha256(description.encode()).hexdigest()[:32]
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def cached(cache_dir: Path | None, key: str, compute: Callable[[], FeaturesAndLabels]) -> tuple[FeaturesAndLabels, bool]:
     """The features for `key`, and whether they came from the cache."""
     if cache_dir is None:
         return compute(), False
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{key}.pt"
-    with _locked(cache_dir / f"{key}.lock"):
+    with file_lock(cache_dir / f"{key}.lock"):
         if path.exists():
             features, labels = torch.load(path, weights_only=True)
             return (features, labels), True

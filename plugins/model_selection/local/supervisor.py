@@ -249,8 +249,7 @@ class Supervisor:
         self.log(f"stop requested: stopping {len(running)} running trial(s)")
         for trial in running:
             self._terminate(trial)
-            ended = now()
-            self.store.update_state(trial.folder, lambda state: state.update(
+            self.store.update_state(trial.folder, lambda state, ended=now(): state.update(
                 TrainingJobStatus="Stopped", SecondaryStatus="Stopped", TrainingEndTime=ended, ObjectiveStatus="Failed"))
 
     def _outcome(self) -> tuple[str, str | None]:
