@@ -302,3 +302,20 @@ def test_a_filter_in_the_model_list_selects_jumpstart_models(fake, tmp_path, mon
         plan(tmp_path, model_ids=["filter: framework == pytorch"])
     with pytest.raises(AirflowFailException, match="is not of the form"):
         plan(tmp_path, model_ids=["filter: task ~ ic"])
+
+
+def test_the_results_store_works_on_s3_through_airflow_object_storage(fake):
+    """An s3:// results_uri goes through ObjectStoragePath and the Airflow AWS connection."""
+    from model_selection.results import ResultsStore
+
+    fake.client("s3").create_bucket(Bucket="results", CreateBucketConfiguration={"LocationConstraint": REGION})
+    store = ResultsStore("s3://results/model-selection", conn_id="aws_default")
+    store.check_writable()
+    store.append([{"dataset": "pets", "model_id": "m1", "config_hash": "c", "status": "Completed", "finished_at": "1"}],
+                 run_id="run-1")
+    store.append([{"dataset": "pets", "model_id": "m2", "config_hash": "c", "status": "Failed", "finished_at": "2"}],
+                 run_id="run-2")
+    assert [(row["model_id"], row["status"]) for row in store.read_latest(dataset="pets")] == [
+        ("m1", "Completed"), ("m2", "Failed")]
+    keys = [item["Key"] for item in fake.client("s3").list_objects_v2(Bucket="results")["Contents"]]
+    assert len(keys) == 2 and all(key.startswith("model-selection/rows/pets/run-") for key in keys)

@@ -63,7 +63,7 @@ def collect_task(ti: Any, run_id: str) -> dict[str, Any]:
     rows = [collect_row(backend, launch, study, run_id, read_log) for launch in launches]
     for row in rows:
         log.info("%s: %s%s", row["model_id"], row["status"], f" ({row['failure_reason']})" if row["failure_reason"] else "")
-    written = ResultsStore(study["results_uri"]).append(rows, run_id=run_id) if rows else []
+    written = ResultsStore(study["results_uri"], conn_id=study["aws_conn_id"]).append(rows, run_id=run_id) if rows else []
     failed = [row["model_id"] for row in rows if row["status"] != "Completed"]
     return {"collected": len(rows), "completed": len(rows) - len(failed), "failed": failed, "files": written}
 
@@ -73,7 +73,7 @@ def report_task(study: Mapping[str, Any]) -> str:
     from model_selection.report import write_report
     from model_selection.results import ResultsStore, safe_file_name
 
-    store = ResultsStore(study["results_uri"])
+    store = ResultsStore(study["results_uri"], conn_id=study["aws_conn_id"])
     rows = store.read_latest(dataset=study["dataset"]["name"], config_hash=study["config_hash"])
     destination = store.root / "reports" / safe_file_name(study["dataset"]["name"]) / study["config_hash"]
     title = f"Model selection: {study['dataset']['name']}"

@@ -86,7 +86,7 @@ def plan(params: dict[str, Any], project_root: Path, jobs_root: str) -> dict[str
 
         specs, sagemaker_problems = sagemaker_launch_specs(study, study_hyperparameters(study))
         problems += sagemaker_problems
-    store = ResultsStore(study.results_uri)
+    store = ResultsStore(study.results_uri, conn_id=study.aws_conn_id)
     try:
         store.check_writable()
     except Exception as error:  # noqa: BLE001 - any storage error means "cannot write results there"
