@@ -498,11 +498,11 @@ def _parse_csv_value(column: str, text: str) -> Any:
 
 def read_rows(results: str, dataset: str | None = None, config_hash: str | None = None) -> list[dict[str, Any]]:
     """Rows from a `.csv` / `.jsonl` file as they are, or the latest per model from a results store."""
-    from model_selection.results import ResultsStore, _storage_path
+    from model_selection.results import ResultsStore, storage_path
 
     lowered = results.lower()
     if lowered.endswith((".csv", ".jsonl")):
-        text = _storage_path(results).read_text(encoding="utf-8")
+        text = storage_path(results).read_text(encoding="utf-8")
         if lowered.endswith(".csv"):
             rows = [{column: _parse_csv_value(column, value or "") for column, value in row.items()}
                     for row in csv.DictReader(io.StringIO(text))]

@@ -37,7 +37,7 @@ def safe_file_name(text: str) -> str:
     return cleaned[:100]
 
 
-def _storage_path(uri: str, conn_id: str | None = None):
+def storage_path(uri: str, conn_id: str | None = None):
     """A pathlib-like object: plain `Path` for local folders, `ObjectStoragePath` for URIs."""
     if "://" not in uri or uri.startswith("file://"):
         return Path(uri.removeprefix("file://"))
@@ -53,7 +53,7 @@ def row_key(row: Mapping[str, Any]) -> tuple[str, ...]:
 class ResultsStore:
     def __init__(self, uri: str | None = None, conn_id: str | None = None):
         self.uri = uri or default_results_uri()
-        self.root = _storage_path(self.uri, conn_id)
+        self.root = storage_path(self.uri, conn_id)
 
     def check_writable(self) -> None:
         """Write and remove a probe file, so a bad location fails before anything is launched."""
