@@ -18,7 +18,7 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test reliability bench clean
 
 setup: $(INSTALLED)
 
@@ -48,6 +48,10 @@ demo: $(INSTALLED) $(DIGITS)/training $(AIRFLOW_HOME_DIR)/airflow.db
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest
+
+# Faults injected into whole studies (moto's SageMaker endpoint); prints the figures per fault.
+reliability: $(INSTALLED)
+	$(BIN)/python -m pytest -q tests/test_reliability.py
 
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_trainer.py

@@ -50,6 +50,24 @@ def dataset(tmp_path: Path):
 TINY_MODEL = {"model_id": "test_efficientnet", "pretrained": "false", "image_size": "16", "batch_size": "8"}
 
 
+@pytest.fixture
+def hooked(monkeypatch):
+    """Registers handlers on every SageMaker botocore client made from now on (the provider's hook makes them)."""
+    import botocore.session
+
+    handlers: list = []
+    create_client = botocore.session.Session.create_client
+
+    def create_and_hook(self, *args, **kwargs):
+        client = create_client(self, *args, **kwargs)
+        for handler in handlers:
+            client.meta.events.register("before-send.sagemaker.*", handler)
+        return client
+
+    monkeypatch.setattr(botocore.session.Session, "create_client", create_and_hook)
+    return handlers
+
+
 def run_trainer(arguments: list[str], env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """The trainer as SageMaker or the local backend runs it: a separate process."""
     environment = {**os.environ, "PYTHONPATH": str(PLUGINS), "HF_HUB_OFFLINE": "1", **(env or {})}
@@ -60,3 +78,15 @@ def run_trainer(arguments: list[str], env: dict[str, str] | None = None, timeout
         env=environment,
         timeout=timeout,
     )
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The reliability figures (tests/test_reliability.py), when those tests ran."""
+    figures = getattr(sys.modules.get("test_reliability"), "FIGURES", None)
+    if not figures:
+        return
+    columns = ("fault", "models", "faults", "completed", "duplicates", "lost")
+    widths = [max(len(str(row.get(column, ""))) for row in [dict(zip(columns, columns)), *figures]) for column in columns]
+    terminalreporter.section("reliability: per fault, models / faults injected / completed / duplicate launches / results lost")
+    for row in [dict(zip(columns, columns)), *figures]:
+        terminalreporter.write_line(" | ".join(str(row.get(c, "")).ljust(w) for c, w in zip(columns, widths)))

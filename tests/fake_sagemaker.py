@@ -11,14 +11,19 @@ the JumpStart script's format.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
 import time
 import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
+from botocore.awsrequest import AWSResponse
 from moto.server import ThreadedMotoServer
 
 from model_selection.metrics import extract_final_metrics
@@ -192,3 +197,58 @@ def _now() -> Any:
     import datetime as dt
 
     return dt.datetime.now(dt.timezone.utc)
+
+
+@contextlib.contextmanager
+def serving(tmp_path: Path, monkeypatch: Any, models: list[str], **options: Any) -> Iterator[FakeSageMaker]:
+    """The fake endpoint, JumpStart metadata for `models`, the Airflow connection, and a data set in S3."""
+    from jumpstart_fixtures import write_jumpstart_metadata
+    from sagemaker.core.jumpstart.accessors import JumpStartModelsAccessor
+
+    from model_selection.backends import jumpstart
+
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in write_jumpstart_metadata(tmp_path / "jumpstart", models, region=REGION).items():
+        monkeypatch.setenv(name, value)
+    jumpstart._session.cache_clear()
+    JumpStartModelsAccessor.reset_cache()
+    service = FakeSageMaker(**options)
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", service.connection())
+    s3 = service.client("s3")
+    s3.create_bucket(Bucket="study-data", CreateBucketConfiguration={"LocationConstraint": REGION})
+    for channel in ("training", "validation", "test"):
+        for label in ("cat", "dog"):
+            s3.put_object(Bucket="study-data", Key=f"pets/{channel}/{label}/0001.jpg", Body=b"jpeg")
+    try:
+        yield service
+    finally:
+        service.close()
+
+
+class Throttle:
+    """Answers ThrottlingException to every other call of the given operations, as botocore would receive it."""
+
+    def __init__(self, operations: tuple[str, ...]):
+        self.operations = operations
+        self.calls: Counter = Counter()
+        self.throttled: Counter = Counter()
+
+    def __call__(self, request, event_name: str, **kwargs):
+        operation = event_name.rsplit(".", 1)[-1]
+        if operation not in self.operations:
+            return None
+        self.calls[operation] += 1
+        if self.calls[operation] % 2:
+            self.throttled[operation] += 1
+            body = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"}).encode()
+            return AWSResponse(request.url, 400, {"x-amzn-ErrorType": "ThrottlingException"}, _Raw(body))
+        return None
+
+
+class _Raw:
+    def __init__(self, body: bytes):
+        self.body = body
+
+    def stream(self, **kwargs):
+        yield self.body

@@ -6,16 +6,13 @@ import asyncio
 import json
 import re
 import time
-from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
-import botocore.session
 import pytest
 from airflow.sdk.exceptions import AirflowFailException, TaskDeferred
 from botocore.awsrequest import AWSResponse
-from fake_sagemaker import REGION, ROLE, FakeSageMaker, jumpstart_log
-from jumpstart_fixtures import write_jumpstart_metadata
+from fake_sagemaker import REGION, ROLE, Throttle, _Raw, jumpstart_log, serving
 
 from model_selection.backends import jumpstart
 from model_selection.backends.api import request_problems
@@ -32,23 +29,8 @@ CONTEXT = {"dag": SimpleNamespace(dag_id="test-dag"), "run_id": "manual__test"}
 
 @pytest.fixture
 def fake(tmp_path: Path, monkeypatch):
-    from sagemaker.core.jumpstart.accessors import JumpStartModelsAccessor
-
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in write_jumpstart_metadata(tmp_path / "jumpstart", MODELS, region=REGION).items():
-        monkeypatch.setenv(name, value)
-    jumpstart._session.cache_clear()
-    JumpStartModelsAccessor.reset_cache()
-    service = FakeSageMaker(run_seconds=1.0, failing=("-035-",), missing_metrics=("test_throughput",))
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", service.connection())
-    s3 = service.client("s3")
-    s3.create_bucket(Bucket="study-data", CreateBucketConfiguration={"LocationConstraint": REGION})
-    for channel in ("training", "validation", "test"):
-        for label in ("cat", "dog"):
-            s3.put_object(Bucket="study-data", Key=f"pets/{channel}/{label}/0001.jpg", Body=b"jpeg")
-    yield service
-    service.close()
+    with serving(tmp_path, monkeypatch, MODELS, failing=("-035-",), missing_metrics=("test_throughput",)) as service:
+        yield service
 
 
 def params(**overrides) -> dict:
@@ -110,50 +92,6 @@ def test_plan_names_every_sagemaker_problem_at_once(fake, tmp_path):
     assert "hyperparameters ['learning_rat'] are not among the model's" in text
     with pytest.raises(AirflowFailException, match="does not support training instance type 'ml.t3.medium'"):
         plan_task({**params(instance_type="ml.t3.medium"), "results_uri": str(tmp_path / "results")}, tmp_path)
-
-
-class Throttle:
-    """Answers ThrottlingException to every other call of the given operations, as botocore would receive it."""
-
-    def __init__(self, operations: tuple[str, ...]):
-        self.operations = operations
-        self.calls: Counter = Counter()
-        self.throttled: Counter = Counter()
-
-    def __call__(self, request, event_name: str, **kwargs):
-        operation = event_name.rsplit(".", 1)[-1]
-        if operation not in self.operations:
-            return None
-        self.calls[operation] += 1
-        if self.calls[operation] % 2:
-            self.throttled[operation] += 1
-            body = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"}).encode()
-            return AWSResponse(request.url, 400, {"x-amzn-ErrorType": "ThrottlingException"}, _Raw(body))
-        return None
-
-
-class _Raw:
-    def __init__(self, body: bytes):
-        self.body = body
-
-    def stream(self, **kwargs):
-        yield self.body
-
-
-@pytest.fixture
-def hooked(monkeypatch):
-    """Registers handlers on every botocore client made from now on (the provider's hook makes them)."""
-    handlers: list = []
-    create_client = botocore.session.Session.create_client
-
-    def create_and_hook(self, *args, **kwargs):
-        client = create_client(self, *args, **kwargs)
-        for handler in handlers:
-            client.meta.events.register("before-send.sagemaker.*", handler)
-        return client
-
-    monkeypatch.setattr(botocore.session.Session, "create_client", create_and_hook)
-    return handlers
 
 
 def wait_with_trigger(job: dict, poll: float = 0.2, timeout: float = 120) -> dict:
