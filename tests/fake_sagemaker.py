@@ -57,7 +57,8 @@ def jumpstart_log(model_id: str, learning_rate: float) -> str:
 
 
 class FakeSageMaker:
-    def __init__(self, run_seconds: float = 1.0, failing: tuple[str, ...] = (), missing_metrics: tuple[str, ...] = ()):
+    def __init__(self, run_seconds: float = 1.0, failing: tuple[str, ...] = (), missing_metrics: tuple[str, ...] = (),
+                 stopped_in_console: tuple[str, ...] = ()):
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.server.start()
         host, port = self.server.get_host_and_port()
@@ -68,6 +69,7 @@ class FakeSageMaker:
         self.missing_metrics = missing_metrics  # left out of FinalMetricDataList: only the log has them
         self.started: dict[str, float] = {}
         self.stop_requested: set[str] = set()
+        self.stopped_in_console = stopped_in_console  # model ids whose jobs someone stops as soon as they run
         self._stop = threading.Event()
         self._patch_new_jobs_to_start_in_progress()
         self._driver = threading.Thread(target=self._drive, daemon=True)
@@ -130,7 +132,7 @@ class FakeSageMaker:
                 if job.hyper_parameter_tuning_job_status != "InProgress":
                     continue
                 self.started.setdefault(name, time.monotonic())
-                if name in self.stop_requested:
+                if name in self.stop_requested or _model_id(job) in self.stopped_in_console:
                     self._end(job, "Stopped", "Stopped by a user in the console")
                 elif time.monotonic() - self.started[name] >= self.run_seconds:
                     self._finish(job)
@@ -147,7 +149,7 @@ class FakeSageMaker:
     def _finish(self, job: Any) -> None:
         definition = job.training_job_definition
         static = definition["StaticHyperParameters"]
-        model_id = next((tag["Value"] for tag in job.tags or [] if tag["Key"] == "model-selection:model-id"), "?")
+        model_id = _model_id(job)
         if any(marker in model_id for marker in self.failing):
             self._end(job, "Failed", "No training job succeeded after 2 attempts. AlgorithmError: ExecuteUserScriptError: "
                                      "CUDA out of memory")
@@ -191,6 +193,10 @@ class FakeSageMaker:
         job.objective_status_counters = dict(job.objective_status_counters, Pending=0, Succeeded=len(trials))
         job.hyper_parameter_tuning_end_time = job.last_modified_time = _now()
         job.hyper_parameter_tuning_job_status = "Completed"
+
+
+def _model_id(job: Any) -> str:
+    return next((tag["Value"] for tag in job.tags or [] if tag["Key"] == "model-selection:model-id"), "?")
 
 
 def _now() -> Any:

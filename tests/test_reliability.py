@@ -124,19 +124,8 @@ def test_resource_limit_exceeded_beyond_three_jobs_in_flight(tmp_path, monkeypat
 
 def test_a_failing_and_a_stopped_model_do_not_stop_the_others(tmp_path, monkeypatch):
     models = CURATED[:6]
-    with serving(tmp_path, monkeypatch, models, run_seconds=0.5, failing=(models[1],)) as fake:
-        stopped_name = {}
-
-        def stop_second_when_launched():
-            while not stopped_name:
-                for name, job in list(fake.backend.hyper_parameter_tuning_jobs.items()):
-                    if any(tag["Value"] == models[2] for tag in job.tags or []):
-                        fake.stop_from_console(name)
-                        stopped_name["name"] = name
-                time.sleep(0.01)
-
-        stopper = threading.Thread(target=stop_second_when_launched, daemon=True)
-        stopper.start()
+    with serving(tmp_path, monkeypatch, models, run_seconds=0.5, failing=(models[1],),
+                 stopped_in_console=(models[2],)) as fake:
         study = run_study(tmp_path, models)
         statuses = {row["model_id"]: row["status"] for row in study["rows"]}
         record("a model that fails, a model stopped in the console", models=len(models), faults=2,

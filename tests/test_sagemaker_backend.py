@@ -150,8 +150,8 @@ def test_resource_limit_exceeded_makes_the_launch_wait(fake, tmp_path, hooked):
 
 def test_failed_and_console_stopped_jobs_fail_the_wait_with_their_reason(fake, tmp_path):
     good, failing = plan(tmp_path, model_ids=[MODELS[0], MODELS[3]])
+    fake.stop_from_console(good["job_name"])  # the driver stops it as soon as it is in progress
     jobs = [TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT) for launch in (good, failing)]
-    fake.stop_from_console(good["job_name"])
     failed = wait_with_trigger(jobs[1])
     assert failed["status"] == "failed" and "CUDA out of memory" in failed["reason"]
     with pytest.raises(AirflowFailException, match="CUDA out of memory"):
