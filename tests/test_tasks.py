@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -168,26 +167,6 @@ def test_study_lists_every_problem_at_once(tmp_path):
                      "multiplier 0 is not a positive number", "epochs must be an integer of at least 1",
                      "model_list '../../etc/passwd' is not a list name"):
         assert expected in text
-
-
-def _append_rows(uri: str, writer: int) -> None:
-    store = ResultsStore(uri)
-    for batch in range(10):
-        store.append([{"dataset": "d", "model_id": f"m{writer}-{batch}-{k}", "config_hash": "c", "status": "Completed",
-                       "finished_at": f"{batch}"} for k in range(5)], run_id=f"writer{writer}")
-
-
-def test_concurrent_writers_lose_no_rows_and_torn_files_are_ignored(tmp_path):
-    uri = str(tmp_path / "store")
-    writers = [multiprocessing.Process(target=_append_rows, args=(uri, writer)) for writer in range(4)]
-    for process in writers:
-        process.start()
-    for process in writers:
-        process.join()
-    (tmp_path / "store" / "rows" / "d" / ".killed-mid-write.jsonl.tmp").write_text('{"dataset": "d", "mod')
-    rows = ResultsStore(uri).read_latest(dataset="d")
-    assert len(rows) == 4 * 10 * 5
-    assert len({row["model_id"] for row in rows}) == 200
 
 
 def test_results_store_keeps_the_latest_row_per_model_and_counts_attempts(tmp_path):
