@@ -35,6 +35,7 @@ $(DIGITS)/training: | $(INSTALLED)
 $(AIRFLOW_HOME_DIR)/airflow.db: | $(INSTALLED)
 	mkdir -p $(AIRFLOW_HOME_DIR)
 	$(BIN)/airflow db migrate > $(AIRFLOW_HOME_DIR)/db-migrate.log 2>&1
+	$(BIN)/airflow pools import include/airflow/pools.json >> $(AIRFLOW_HOME_DIR)/db-migrate.log 2>&1
 
 # One whole DAG run on the local backend with the form's defaults (five models on the digits).
 # Models that already have results are not trained again: the run reports old and new together.

@@ -16,6 +16,8 @@ from model_selection.operators import TuningJobLaunchOperator
 from model_selection.sensors import TuningJobSensor
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Created from include/airflow/pools.json by `make airflow`, the compose init and the tests.
+LAUNCH_POOL = "model_selection_launch"
 REPORT_ASSET = Asset(name="model_selection_report", uri="file:///model-selection/report")
 
 PARAMS = {
@@ -98,11 +100,16 @@ def image_classification_model_selection():
 
     launches = plan()
     study = XComArg(launches.operator, key="study")
+    # Map indexes name each model and say how it stands: the operators set the status in the context.
     launched = TuningJobLaunchOperator.partial(
-        task_id="launch", map_index_template="{{ task.launch['model_id'] }}", max_active_tis_per_dagrun=1,
+        task_id="launch", pool=LAUNCH_POOL,
+        map_index_template="{{ task.launch['model_id'] }} · attempt {{ task.launch['attempt'] }}"
+                           "{% if launch_status is defined %} · {{ launch_status }}{% endif %}",
     ).expand(launch=launches)
     waited = TuningJobSensor.partial(
-        task_id="wait", map_index_template="{{ task.job['model_id'] }} · {{ task.job['job_name'] }}",
+        task_id="wait",
+        map_index_template="{{ task.job['model_id'] }} · {{ task.job['job_name'] }}"
+                           "{% if job_status is defined %} · {{ job_status }}{% endif %}",
     ).expand(job=launched.output)
     collected = collect_metrics()
     [launches, waited] >> collected

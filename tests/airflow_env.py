@@ -27,12 +27,29 @@ def airflow_environment(home: Path, jobs_root: Path, results: Path) -> dict[str,
     }
 
 
+POOLS_FILE = PROJECT_ROOT / "include" / "airflow" / "pools.json"
+
+
 def migrate(environment: dict[str, str]) -> None:
+    """A new metadata database with the project's pools, as `make airflow` and the compose init make it."""
     subprocess.run([AIRFLOW, "db", "migrate"], env=environment, check=True, capture_output=True, timeout=300)
+    subprocess.run([AIRFLOW, "pools", "import", str(POOLS_FILE)], env=environment, check=True, capture_output=True,
+                   timeout=120)
+
+
+def dags_test_command(conf: dict) -> list[str]:
+    return [AIRFLOW, "dags", "test", DAG_ID, "-c", json.dumps(conf)]
 
 
 def dags_test(environment: dict[str, str], conf: dict, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [AIRFLOW, "dags", "test", DAG_ID, "-c", json.dumps(conf)],
-        env=environment, capture_output=True, text=True, timeout=timeout,
-    )
+    return subprocess.run(dags_test_command(conf), env=environment, capture_output=True, text=True, timeout=timeout)
+
+
+def dags_test_process(environment: dict[str, str], conf: dict, output: Path) -> subprocess.Popen:
+    """`airflow dags test` running in a process group of its own, so a test can kill all of it at once.
+
+    Its output goes to a file: a pipe nobody reads while it runs could fill and stall it.
+    """
+    with open(output, "w") as stream:
+        return subprocess.Popen(dags_test_command(conf), env=environment, stdout=stream, stderr=subprocess.STDOUT,
+                                start_new_session=True)

@@ -27,6 +27,10 @@ assert dag.tags, "no tags"
 for task in dag.tasks:
     assert task.retries >= 2, (task.task_id, task.retries)
     assert task.retry_exponential_backoff, task.task_id
+import json
+pools = json.load(open({str(PROJECT_ROOT / "include" / "airflow" / "pools.json")!r}))
+unknown = {{task.task_id: task.pool for task in dag.tasks if task.pool not in pools and task.pool != "default_pool"}}
+assert not unknown, f"pools missing from include/airflow/pools.json: {{unknown}}"
 heavy = [name for name in {HEAVY_MODULES!r} if name in sys.modules]
 assert not heavy, heavy
 print(sorted(task.task_id for task in dag.tasks))

@@ -144,7 +144,7 @@ def test_resource_limit_exceeded_makes_the_launch_wait(fake, tmp_path, hooked):
         TuningJobLaunchOperator(task_id="launch", launch=second).execute(CONTEXT)
     assert list(fake.backend.hyper_parameter_tuning_jobs) == [first["job_name"]]
     assert wait_with_trigger({"job_name": first["job_name"], "client": first["client"]})["status"] == "success"
-    TuningJobLaunchOperator(task_id="launch", launch=second).execute(CONTEXT, waits=1, waited_seconds=60)
+    TuningJobLaunchOperator(task_id="launch", launch=second).execute(CONTEXT, waits=1, waiting_since=time.time() - 60)
     assert sorted(fake.backend.hyper_parameter_tuning_jobs) == sorted([first["job_name"], second["job_name"]])
 
 

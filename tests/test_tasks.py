@@ -52,14 +52,22 @@ def launch_for(study: Study, model_id: str, jobs_root: Path, max_concurrent: int
     }
 
 
+def seconds_until(moment) -> float:
+    return moment.timestamp() - time.time()
+
+
 CONTEXT = {"dag": SimpleNamespace(dag_id="test-dag"), "run_id": "manual__test"}
 
 
 def test_a_retried_launch_attaches_to_the_job_it_already_started(study, tmp_path):
     launch = launch_for(study, "test_resnet", tmp_path / "jobs")
-    first = TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT)
-    second = TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT)
-    assert first == second == {"job_name": launch["job_name"], "model_id": "test_resnet", "client": launch["client"]}
+    first = TuningJobLaunchOperator(task_id="launch", launch=launch).execute(dict(CONTEXT))
+    context = dict(CONTEXT)
+    second = TuningJobLaunchOperator(task_id="launch", launch=launch).execute(context)
+    expected = {"job_name": launch["job_name"], "model_id": "test_resnet", "client": launch["client"],
+                "launch_waits": 0, "launch_wait_seconds": 0.0, "launch_try_number": None}
+    assert first == second == expected
+    assert context["launch_status"] == "attached to the existing job (InProgress)"
     client = LocalSageMakerClient(tmp_path / "jobs")
     assert client.store.tuning_job_names() == [launch["job_name"]]
     client.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=launch["job_name"])
@@ -79,16 +87,27 @@ def test_launch_defers_while_the_study_has_its_limit_in_flight(study, tmp_path):
     TuningJobLaunchOperator(task_id="launch", launch=busy).execute(CONTEXT)
     waiting = launch_for(study, "test_efficientnet", tmp_path / "jobs", max_concurrent=1)
     operator = TuningJobLaunchOperator(task_id="launch", launch=waiting, wait_seconds=5)
+    context = dict(CONTEXT)
     with pytest.raises(TaskDeferred) as deferred:
-        operator.execute(CONTEXT)
+        operator.execute(context)
     assert deferred.value.method_name == "execute"
-    assert deferred.value.kwargs == {"waits": 1, "waited_seconds": 5}
+    assert deferred.value.kwargs["waits"] == 1
+    assert time.time() - deferred.value.kwargs["waiting_since"] < 5
+    assert 4 < seconds_until(deferred.value.trigger.moment) <= 5
+    assert context["launch_status"] == "waiting (quota): wait 1, 0 s so far"
     client = LocalSageMakerClient(tmp_path / "jobs")
     assert client.store.tuning_job_names() == [busy["job_name"]]  # nothing launched while waiting
-    with pytest.raises(TaskDeferred) as again:  # the wait doubles
-        operator.execute(CONTEXT, **deferred.value.kwargs)
-    assert again.value.kwargs == {"waits": 2, "waited_seconds": 15}
+    time.sleep(1)
+    with pytest.raises(TaskDeferred) as again:  # the wait doubles; the start of waiting is kept
+        operator.execute(context, **deferred.value.kwargs)
+    assert again.value.kwargs == {"waits": 2, "waiting_since": deferred.value.kwargs["waiting_since"]}
+    assert 9 < seconds_until(again.value.trigger.moment) <= 10
     client.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=busy["job_name"])
+    assert run_trigger(TuningJobTrigger(busy["job_name"], busy["client"], 0.2, time.time() + 120))["status"] == "stopped"
+    launched = operator.execute(context, **again.value.kwargs)
+    assert launched["launch_waits"] == 2 and launched["launch_wait_seconds"] >= 1
+    assert context["launch_status"].startswith("launched after 2 waits (")
+    client.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=waiting["job_name"])
 
 
 def run_trigger(trigger: TuningJobTrigger) -> dict:
@@ -109,10 +128,14 @@ def test_trigger_and_sensor_report_success_and_failure(study, tmp_path):
     failure = run_trigger(TuningJobTrigger(bad["job_name"], bad["client"], 0.5, deadline))
     assert success["status"] == "success" and failure["status"] == "failed"
     assert "Kernel size can't be greater" in failure["reason"]
-    sensor = TuningJobSensor(task_id="wait", job={**good, "job_name": good["job_name"]})
-    assert sensor.execute_complete(CONTEXT, success) == good["job_name"]
+    context = dict(CONTEXT)
+    sensor = TuningJobSensor(task_id="wait", job=good)
+    assert sensor.execute_complete(context, success) == {"job_name": good["job_name"], "job_status": "Completed",
+                                                         "throttled_describes": 0}
+    assert context["job_status"] == "Completed"
     with pytest.raises(AirflowFailException, match="Kernel size"):
-        TuningJobSensor(task_id="wait", job=bad).execute_complete(CONTEXT, failure)
+        TuningJobSensor(task_id="wait", job=bad).execute_complete(context, failure)
+    assert context["job_status"] == "Failed"
     poking = TuningJobSensor(task_id="wait", job=bad, deferrable=False)
     with pytest.raises(AirflowFailException, match="failed"):
         poking.poke(CONTEXT)

@@ -37,8 +37,9 @@ def plan_task(params: Mapping[str, Any], project_root: Path) -> dict[str, Any]:
     study = planned["study"]
     client = client_settings(study, params)
     prefix = study_prefix(study["dataset"]["name"], study["config_hash"])
-    for launch in planned["launches"]:
-        launch.update(client=client, study_prefix=prefix, max_concurrent_tuning_jobs=study["max_concurrent_tuning_jobs"])
+    for map_index, launch in enumerate(planned["launches"]):  # the map index of its launch and wait tasks
+        launch.update(client=client, study_prefix=prefix, max_concurrent_tuning_jobs=study["max_concurrent_tuning_jobs"],
+                      map_index=map_index)
     log.info("study %s on %s: %d model(s) to launch, %d already have results%s", study["config_hash"],
              study["dataset"]["name"], len(planned["launches"]), len(planned["skipped"]),
              f" (skipped: {', '.join(planned['skipped'])})" if planned["skipped"] else "")

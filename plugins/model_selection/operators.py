@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -27,7 +28,10 @@ class TuningJobLaunchOperator(BaseOperator):
     While the study already has `max_concurrent_tuning_jobs` jobs in flight, or the
     service answers ResourceLimitExceeded or throttles, the task defers and tries again
     later (the wait doubling up to `max_wait_seconds`), holding no worker slot and
-    losing no model. Returns `{"job_name", "model_id", "client"}` for the sensor.
+    losing no model. Returns `{"job_name", "model_id", "client"}` for the sensor, plus
+    what the launch cost: `launch_waits`, `launch_wait_seconds` and `launch_try_number`.
+    How the launch stands is also set as `launch_status` in the context, for the DAG's
+    `map_index_template`, so the grid shows "waiting: ..." or "launched" per model.
     """
 
     ui_color = "#e8f3ff"
@@ -43,28 +47,34 @@ class TuningJobLaunchOperator(BaseOperator):
     def job_name(self) -> str:
         return self.launch["job_name"]
 
-    def execute(self, context: Any, event: Any = None, waits: int = 0, waited_seconds: float = 0.0) -> dict[str, Any]:
+    def execute(self, context: Any, event: Any = None, waits: int = 0, waiting_since: float | None = None) -> dict[str, Any]:
         from model_selection.backends import get_client
 
         client = get_client(**self.launch["client"])
-        result = {"job_name": self.job_name, "model_id": self.launch["model_id"], "client": self.launch["client"]}
+        waited_seconds = round(time.time() - waiting_since, 1) if waiting_since else 0.0
+        result = {"job_name": self.job_name, "model_id": self.launch["model_id"], "client": self.launch["client"],
+                  "launch_waits": waits, "launch_wait_seconds": waited_seconds,
+                  "launch_try_number": getattr(context.get("ti"), "try_number", None)}
         try:
-            if self._attach(client):
+            if self._attach(client, context):
                 return result
             in_flight = self._in_flight(client)
             if in_flight >= self.launch["max_concurrent_tuning_jobs"]:
-                self._wait(f"{in_flight} of this study's tuning jobs are in flight (limit "
-                           f"{self.launch['max_concurrent_tuning_jobs']})", waits, waited_seconds)
+                self._wait(context, f"{in_flight} of this study's tuning jobs are in flight (limit "
+                           f"{self.launch['max_concurrent_tuning_jobs']})", "quota", waits, waiting_since)
             client.create_hyper_parameter_tuning_job(**self._request(context))
         except Exception as error:
             code = error_code(error)
-            if code == RESOURCE_IN_USE and self._attach(client):
+            if code == RESOURCE_IN_USE and self._attach(client, context):
                 return result
             if code == RESOURCE_LIMIT_EXCEEDED or code in THROTTLING_CODES:
-                self._wait(f"the service answered {code}: {error}", waits, waited_seconds)
+                self._wait(context, f"the service answered {code}: {error}",
+                           "quota" if code == RESOURCE_LIMIT_EXCEEDED else "throttled", waits, waiting_since)
             raise
-        self.log.info("launched %s for %s after %d waits (%.0f s waiting for quota or throttling)",
-                      self.job_name, self.launch["model_id"], waits, waited_seconds)
+        waited = f" after {waits} waits ({waited_seconds:.0f} s)" if waits else ""
+        context["launch_status"] = f"launched{waited}"
+        self.log.info("launched %s for %s%s; waited %.0f s in all for quota or throttling", self.job_name,
+                      self.launch["model_id"], waited, waited_seconds)
         return result
 
     def _request(self, context: Any) -> dict[str, Any]:
@@ -75,7 +85,7 @@ class TuningJobLaunchOperator(BaseOperator):
         }
         return build_tuning_request(self.job_name, **self.launch["spec"], tags=tags)
 
-    def _attach(self, client: Any) -> bool:
+    def _attach(self, client: Any, context: Any) -> bool:
         """True when the job exists already and is this model's; a name collision is an error."""
         try:
             description = client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=self.job_name)
@@ -92,8 +102,9 @@ class TuningJobLaunchOperator(BaseOperator):
                 f"a tuning job named {self.job_name} exists but was not launched for {self.launch['model_id']} "
                 "with this configuration; refusing to attach to it"
             )
-        self.log.info("%s already exists (%s): attaching instead of launching again", self.job_name,
-                      description["HyperParameterTuningJobStatus"])
+        status = description["HyperParameterTuningJobStatus"]
+        context["launch_status"] = f"attached to the existing job ({status})"
+        self.log.info("%s already exists (%s): attaching instead of launching again", self.job_name, status)
         return True
 
     def _in_flight(self, client: Any) -> int:
@@ -103,8 +114,12 @@ class TuningJobLaunchOperator(BaseOperator):
         )
         return len(answer["HyperParameterTuningJobSummaries"])
 
-    def _wait(self, why: str, waits: int, waited_seconds: float) -> None:
+    def _wait(self, context: Any, why: str, kind: str, waits: int, waiting_since: float | None) -> None:
+        """Defer and come back to `execute`; the time waited is measured from the first wait."""
         delay = min(self.wait_seconds * 2**waits, self.max_wait_seconds)
+        waiting_since = waiting_since or time.time()
+        waited_seconds = time.time() - waiting_since
+        context["launch_status"] = f"waiting ({kind}): wait {waits + 1}, {waited_seconds:.0f} s so far"
         self.log.warning("not launching %s yet: %s; trying again in %.0f s (wait %d, %.0f s so far)",
                          self.job_name, why, delay, waits + 1, waited_seconds)
         from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
@@ -112,5 +127,5 @@ class TuningJobLaunchOperator(BaseOperator):
         self.defer(
             trigger=TimeDeltaTrigger(dt.timedelta(seconds=delay)),
             method_name="execute",
-            kwargs={"waits": waits + 1, "waited_seconds": waited_seconds + delay},
+            kwargs={"waits": waits + 1, "waiting_since": waiting_since},
         )

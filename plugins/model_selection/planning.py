@@ -105,6 +105,7 @@ def plan(params: dict[str, Any], project_root: Path, jobs_root: str) -> dict[str
         launches.append({
             "model_id": model_id,
             "job_name": tuning_job_name(study.dataset.name, study.config_hash, model_id, attempts),
+            "attempt": attempts + 1,
             "spec": specs[model_id],
         })
     names = [launch["job_name"] for launch in launches]

@@ -18,7 +18,9 @@ DEFAULT_TIMEOUT = dt.timedelta(days=7)
 class TuningJobSensor(BaseSensorOperator):
     """Succeeds when the tuning job is Completed; fails with the job's reason when Failed or Stopped.
 
-    `job` is what the launch operator returned: `{"job_name", "model_id", "client"}`.
+    `job` is what the launch operator returned: `{"job_name", "model_id", "client", ...}`.
+    Returns `{"job_name", "job_status", "throttled_describes"}`, and sets `job_status` in the
+    context for the DAG's `map_index_template`, so the grid shows each model's end.
     Deferrable (the default) waits in the triggerer with no worker slot; otherwise it
     pokes (or reschedules). The timeout is generous and configurable; when it passes, or
     the task is killed while poking, the job is stopped too unless `stop_on_kill=False`.
@@ -30,6 +32,7 @@ class TuningJobSensor(BaseSensorOperator):
         self.job = job
         self.deferrable = deferrable
         self.stop_on_kill = stop_on_kill
+        self.throttled_describes = 0  # in poke mode; the trigger counts its own
 
     @property
     def job_name(self) -> str:
@@ -43,7 +46,7 @@ class TuningJobSensor(BaseSensorOperator):
     def execute(self, context: Any) -> Any:
         if not self.deferrable:
             super().execute(context)
-            return self.job_name
+            return self._finished(context, "Completed", self.throttled_describes)
         from model_selection.triggers import TuningJobTrigger
 
         timeout = self.timeout.total_seconds() if isinstance(self.timeout, dt.timedelta) else float(self.timeout)
@@ -58,27 +61,35 @@ class TuningJobSensor(BaseSensorOperator):
             description = self._client().describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=self.job_name)
         except Exception as error:
             if error_code(error) in THROTTLING_CODES:
-                self.log.warning("describe of %s throttled; trying again at the next poke", self.job_name)
+                self.throttled_describes += 1
+                self.log.warning("describe of %s throttled (%d so far); trying again at the next poke", self.job_name,
+                                 self.throttled_describes)
                 return False
             raise
         outcome, reason = tuning_job_outcome(description)
         self.log.info(progress(description))
+        context["job_status"] = description["HyperParameterTuningJobStatus"]
         if outcome in (FAILED, STOPPED):
             raise AirflowFailException(reason)  # the job's end is final: retrying the wait cannot change it
         return outcome == SUCCESS
 
-    def execute_complete(self, context: Any, event: dict[str, Any]) -> str:
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         if event.get("throttled"):
             self.log.warning("%s: %d describe calls were throttled while waiting", self.job_name, event["throttled"])
+        context["job_status"] = event.get("job_status") or event["status"]
         if event["status"] == SUCCESS:
-            self.log.info("%s completed", self.job_name)
-            return self.job_name
+            return self._finished(context, event["job_status"], event.get("throttled", 0))
         if event["status"] == "timeout":
             self._stop_job()
             raise AirflowSensorTimeout(event["reason"])
         if event["status"] in (FAILED, STOPPED):
             raise AirflowFailException(event["reason"])
         raise AirflowException(event["reason"])
+
+    def _finished(self, context: Any, job_status: str, throttled: int) -> dict[str, Any]:
+        context["job_status"] = job_status + (f", {throttled} describes throttled" if throttled else "")
+        self.log.info("%s: %s", self.job_name, context["job_status"])
+        return {"job_name": self.job_name, "job_status": job_status, "throttled_describes": throttled}
 
     def on_kill(self) -> None:
         self._stop_job()

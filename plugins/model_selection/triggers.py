@@ -62,7 +62,7 @@ class TuningJobTrigger(BaseTrigger):
             outcome, reason = tuning_job_outcome(description)
             if outcome != RUNNING:
                 yield TriggerEvent({"status": outcome, "job_name": self.job_name, "reason": reason,
-                                    "throttled": throttled})
+                                    "throttled": throttled, "job_status": description["HyperParameterTuningJobStatus"]})
                 return
             if progress(description) != last_progress:
                 last_progress = progress(description)
