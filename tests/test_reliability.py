@@ -1,27 +1,47 @@
-"""Faults injected into whole studies on the SageMaker backend (moto's endpoint), with the figures.
+"""Faults injected into whole studies, with the figures.
 
-Each scenario launches every model through the launch operator (re-running it when it
-defers, as Airflow would), waits with the sensor's trigger, collects the rows into a
-results store, and records: models, faults injected, models completed, duplicate
-launches, results lost. `make reliability` prints the table (pytest's terminal summary).
+On the SageMaker backend (moto's endpoint), each scenario launches every model through
+the launch operator (re-running it when it defers, as Airflow would), waits with the
+sensor's trigger and collects the rows into a results store. On the local backend, real
+`airflow dags test` runs are killed and re-run, with credentials in their environment
+that must show up nowhere. Each records: models, faults injected, models completed,
+duplicate launches, results lost. `make reliability` prints the table (pytest's terminal
+summary).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
 import json
+import os
+import secrets
+import signal
+import sqlite3
+import string
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TypeVar
 
+import psutil
+import pytest
 from airflow.sdk.exceptions import TaskDeferred
+from airflow_env import airflow_environment, dags_test, dags_test_process, migrate
 from botocore.awsrequest import AWSResponse
+from conftest import write_image_folders
 from fake_sagemaker import ROLE, Throttle, _Raw, serving
+from test_dag import TINY
 
 from model_selection.backends import get_client
+from model_selection.backends.local import LocalSageMakerClient
 from model_selection.collection import collect_row
 from model_selection.dag_tasks import plan_task
+from model_selection.local.jobstore import JobStore, read_json
 from model_selection.operators import TuningJobLaunchOperator
 from model_selection.results import ResultsStore
 from model_selection.triggers import TuningJobTrigger
@@ -31,6 +51,7 @@ CURATED = [line.strip() for line in (PROJECT_ROOT / "include" / "model_lists" / 
            .read_text().splitlines() if line.strip() and not line.startswith("#")]
 CONTEXT = {"dag": SimpleNamespace(dag_id="reliability"), "run_id": "manual__reliability"}
 FIGURES: list[dict] = []
+T = TypeVar("T")
 
 
 def record(fault: str, **figures) -> None:
@@ -157,3 +178,228 @@ def test_results_store_under_concurrent_writers_and_a_killed_write(tmp_path):
     record("results store: 4 concurrent writers, 1 write killed midway", models=400, faults=1, completed=len(rows),
            duplicates=0, lost=400 - len(rows))
     assert len(rows) == 400
+
+
+# -- Real Airflow on the local backend ------------------------------------------------------------
+
+KILLED_STUDY_MODELS = ["test_resnet", "test_efficientnet"]
+# An epoch of the tiny data takes about 0.05 s: this many make a trial outlast the other model's launch.
+KILLED_STUDY_EPOCHS = 40
+
+
+def canary(length: int, alphabet: str = string.ascii_letters + string.digits) -> str:
+    """A random secret; letters and digits only, so no encoding (URI, JSON, shell) can disguise it."""
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def credential_environment(canaries: dict[str, str]) -> dict[str, str]:
+    """AWS credentials and two Airflow connections with passwords, as a deployment would set them."""
+    return {
+        "AWS_ACCESS_KEY_ID": canaries["access key id"],
+        "AWS_SECRET_ACCESS_KEY": canaries["secret access key"],
+        "AWS_SESSION_TOKEN": canaries["session token"],
+        "AIRFLOW_CONN_AWS_DEFAULT": json.dumps({"conn_type": "aws", "login": canaries["access key id"],
+                                                "password": canaries["secret access key"],
+                                                "extra": {"region_name": "us-east-1"}}),
+        "AIRFLOW_CONN_MODEL_SELECTION_SECRET_PROBE": f"generic://probe:{canaries['connection password']}@probe.invalid",
+    }
+
+
+def left_in_process_group(pgid: int, grace: float = 5.0) -> list[int]:
+    """Live processes (zombies aside) still in that process group after `grace` seconds to exit."""
+    deadline = time.monotonic() + grace
+    while True:
+        members = []
+        for process in psutil.process_iter():
+            try:
+                if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                    members.append(process.pid)
+            except (ProcessLookupError, psutil.NoSuchProcess):
+                continue
+        if not members or time.monotonic() > deadline:
+            return members
+        time.sleep(0.2)
+
+
+def wait_for(condition: Callable[[], T | None], timeout: float, what: str, poll: float = 0.2) -> T:
+    """Poll `condition` until it returns something true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(poll)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@dataclasses.dataclass
+class KilledStudy:
+    """One study: Airflow SIGKILLed while the tuning jobs ran, the jobs ending without it, then a re-run."""
+
+    root: Path
+    models: list[str]
+    canaries: dict[str, str]
+    killed_returncode: int
+    killed_at: dt.datetime
+    in_progress_at_kill: list[str]  # tuning jobs InProgress when Airflow was killed
+    left_in_group: list[int]  # processes of Airflow's group alive after the kill
+    ended: dict[str, dict]  # each tuning job's description once it ended with no Airflow running
+    trainers_at_kill: dict[str, dict]  # the trials training at the kill, described once their jobs ended
+    rerun_returncode: int
+
+    @property
+    def jobs_root(self) -> Path:
+        return self.root / "jobs"
+
+    @property
+    def results(self) -> ResultsStore:
+        return ResultsStore(str(self.root / "results"))
+
+    def output(self, run: str) -> str:
+        return (self.root / "output" / f"{run}.log").read_text()
+
+    def launches_per_model(self) -> Counter:
+        """Tuning jobs created per model, from each job's own request (no job is ever deleted)."""
+        store = JobStore(self.jobs_root)
+        return Counter(read_json(store.tuning_dir(name) / "request.json")["TrainingJobDefinition"]
+                       ["StaticHyperParameters"]["model_id"] for name in store.tuning_job_names())
+
+    def figures(self) -> dict[str, int]:
+        rows = self.results.read_latest(dataset="tiny")
+        return {"models": len(self.models), "completed": sum(row["status"] == "Completed" for row in rows),
+                "duplicates": sum(count - 1 for count in self.launches_per_model().values()),
+                "lost": len(set(self.models) - {row["model_id"] for row in rows})}
+
+
+@pytest.fixture(scope="module")
+def killed_study(tmp_path_factory) -> KilledStudy:
+    root = tmp_path_factory.mktemp("killed")
+    canaries = {"access key id": "AKIA" + canary(16, string.ascii_uppercase + string.digits),
+                "secret access key": canary(40), "session token": canary(64), "connection password": canary(24)}
+    environment = {**airflow_environment(root / "home", root / "jobs", root / "results"),
+                   **credential_environment(canaries)}
+    migrate(environment)
+    for channel, seed in (("training", 1), ("validation", 2), ("test", 3)):
+        write_image_folders(root / "data" / channel, classes=3, per_class=8 if channel == "training" else 4, seed=seed)
+    conf = {"model_ids": KILLED_STUDY_MODELS, "learning_rate_multipliers": [1.0], "hyperparameters": TINY,
+            "epochs": KILLED_STUDY_EPOCHS, "early_stopping_patience": KILLED_STUDY_EPOCHS,
+            "dataset": {"name": "tiny", **{channel: str(root / "data" / channel)
+                                           for channel in ("training", "validation", "test")}}}
+    (root / "output").mkdir()
+    store = JobStore(root / "jobs")
+    killed_log = root / "output" / "killed.log"
+    airflow = dags_test_process(environment, conf, killed_log)
+
+    def every_job_supervised_and_one_training() -> tuple[dict[str, dict], list[str]] | None:
+        """The job states and the running trials, once every model's job has its supervisor
+        (read from the state files: describing a job before its supervisor's pid is recorded fails it)
+        and some trainer runs."""
+        if airflow.poll() is not None:
+            pytest.fail(f"airflow dags test ended before the kill:\n{killed_log.read_text()[-4000:]}")
+        states = {name: store.read_state(store.tuning_dir(name)) for name in store.tuning_job_names()}
+        training = [trial for state in states.values() for trial in state["TrainingJobNames"]
+                    if store.read_state(store.training_dir(trial))["TrainingJobStatus"] == "InProgress"]
+        supervised = len(states) == len(KILLED_STUDY_MODELS) and all(s.get("SupervisorPid") for s in states.values())
+        return (states, training) if supervised and training else None
+
+    try:
+        states, training = wait_for(every_job_supervised_and_one_training, 180, "every model's tuning job to run")
+        os.killpg(airflow.pid, signal.SIGKILL)
+        killed_at = dt.datetime.now(dt.timezone.utc)
+    finally:
+        if airflow.poll() is None:
+            os.killpg(airflow.pid, signal.SIGKILL)
+        airflow.wait(30)
+    left_in_group = left_in_process_group(airflow.pid)
+    client = LocalSageMakerClient(root / "jobs")
+
+    def every_job_ended() -> dict[str, dict] | None:
+        described = {name: client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+                     for name in states}
+        return described if all(d["HyperParameterTuningJobStatus"] not in ("InProgress", "Stopping")
+                                for d in described.values()) else None
+
+    ended = wait_for(every_job_ended, 240, "the tuning jobs to end with Airflow gone", poll=1.0)
+    rerun = dags_test(environment, conf, timeout=400)
+    (root / "output" / "rerun.log").write_text(rerun.stdout + rerun.stderr)
+    return KilledStudy(
+        root=root, models=KILLED_STUDY_MODELS, canaries=canaries, killed_returncode=airflow.returncode,
+        killed_at=killed_at, left_in_group=left_in_group, ended=ended, rerun_returncode=rerun.returncode,
+        in_progress_at_kill=[name for name, s in states.items() if s["HyperParameterTuningJobStatus"] == "InProgress"],
+        trainers_at_kill={trial: client.describe_training_job(TrainingJobName=trial) for trial in training},
+    )
+
+
+def test_airflow_killed_mid_run_then_rerun_loses_nothing_and_launches_nothing_twice(killed_study):
+    """SIGKILL of the whole `airflow dags test` process group while its tuning jobs run: the jobs
+    (detached supervisors and trainers) run on to Completed without Airflow, and the re-run of the
+    same inputs attaches to them by name, collects every model and reports it."""
+    study = killed_study
+    figures = study.figures()
+    record("Airflow SIGKILLed mid-run, then re-run (local)", faults=1, **figures)
+
+    assert study.killed_returncode == -signal.SIGKILL and study.left_in_group == []
+    assert study.in_progress_at_kill, "nothing was running when Airflow was killed"
+    assert study.trainers_at_kill, "no trainer was running when Airflow was killed"
+    for name in study.in_progress_at_kill:  # the kill did not stop the jobs ...
+        assert study.ended[name]["HyperParameterTuningJobStatus"] == "Completed", study.ended[name]
+        assert study.ended[name]["HyperParameterTuningEndTime"] > study.killed_at
+    for trial in study.trainers_at_kill.values():  # ... nor the trainers
+        assert trial["TrainingJobStatus"] == "Completed" and trial["TrainingEndTime"] > study.killed_at, trial
+    assert {d["HyperParameterTuningJobStatus"] for d in study.ended.values()} == {"Completed"}
+
+    rerun = study.output("rerun")
+    assert study.rerun_returncode == 0 and "state=success" in rerun, rerun[-4000:]
+    assert study.launches_per_model() == Counter(study.models)  # one tuning job per model, ever
+    rows = study.results.read_all()
+    assert sorted((row["model_id"], row["status"]) for row in rows) == sorted((m, "Completed") for m in study.models)
+    reports = list((study.root / "results" / "reports" / "tiny").glob("*/report.html"))
+    assert len(reports) == 1 and all(model in reports[0].read_text() for model in study.models)
+    assert figures == {"models": 2, "completed": 2, "duplicates": 0, "lost": 0}
+
+
+def scan_for_canaries(study: KilledStudy) -> tuple[dict[str, int], int, list[str]]:
+    """Every canary, searched in each place a credential could end up; returns the files scanned per
+    place (and the XCom rows), the bytes scanned, and the leaks as 'canary in place'."""
+    places = {
+        "`airflow dags test` output, which holds the task logs": study.root / "output",
+        "Airflow home: metadata database file, config, log folder": study.root / "home",
+        "results store": study.root / "results" / "rows",
+        "report": study.root / "results" / "reports",
+        "local job states and supervisor logs": study.jobs_root / "tuning-jobs",
+        "trainer logs, models and outputs": study.jobs_root / "training-jobs",
+    }
+    scanned, size, leaks = {}, 0, []
+    for place, top in places.items():
+        files = [top] if top.is_file() else [path for path in top.rglob("*") if path.is_file()]
+        scanned[place] = len(files)
+        for path in files:
+            content = path.read_bytes()
+            size += len(content)
+            leaks += [f"{name} in {path}" for name, value in study.canaries.items() if value.encode() in content]
+    # The values themselves, read through SQLite: in the file, a long value can straddle two pages.
+    with sqlite3.connect(study.root / "home" / "airflow.db") as database:
+        xcoms = database.execute("SELECT dag_id, task_id, map_index, key, value FROM xcom").fetchall()
+    scanned["XCom values"] = len(xcoms)
+    for *where, value in xcoms:
+        text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+        size += len(text)
+        leaks += [f"{name} in the XCom {where}" for name, secret in study.canaries.items() if secret in text]
+    return scanned, size, leaks
+
+
+def test_credentials_leak_into_no_xcom_log_result_report_or_job_file(killed_study):
+    """The study above ran with AWS credentials and two connection passwords in its environment,
+    all random canaries: none may appear in anything the runs wrote or printed."""
+    scanned, size, leaks = scan_for_canaries(killed_study)
+    files = sum(count for place, count in scanned.items() if place != "XCom values")
+    record(f"credentials set (random canaries): sought in {files} files and {scanned['XCom values']} XCom values "
+           f"({size / 2**20:.1f} MiB), found {len(leaks)}", faults=len(killed_study.canaries), **killed_study.figures())
+    empty = [place for place, count in scanned.items() if not count]
+    assert not empty and size > 0, f"nothing scanned in {empty}: the scan could not have failed"
+    trainer_logs = list((killed_study.jobs_root / "training-jobs").glob("*/log.txt"))
+    assert len(trainer_logs) == len(killed_study.models)
+    rerun = killed_study.output("rerun")  # `airflow dags test` prints the task logs; it writes none under logs/
+    assert all(f"end task task_id={task}" in rerun for task in ("plan", "launch", "wait", "collect_metrics",
+                                                                "frontier_report"))
+    assert not leaks, "credentials leaked:\n" + "\n".join(leaks)
