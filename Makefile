@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 AIRFLOW_HOME_DIR := $(CURDIR)/.airflow
+AIRFLOW_PORT ?= 8080
+PASSWORDS := $(AIRFLOW_HOME_DIR)/simple_auth_manager_passwords.json.generated
 DAG_ID := image_classification_model_selection
 DIGITS := include/datasets/digits
 
@@ -18,7 +20,7 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: setup demo test reliability bench clean
+.PHONY: setup demo airflow browser test reliability bench clean
 
 setup: $(INSTALLED)
 
@@ -47,7 +49,29 @@ demo: $(INSTALLED) $(DIGITS)/training $(AIRFLOW_HOME_DIR)/airflow.db
 	@report=$$(ls -d $(AIRFLOW_HOME_DIR)/model-selection-results/reports/digits/*/ | head -n 1); \
 		cat $$report/frontier.md; echo; echo "Report: $${report}report.html (also frontier.csv, frontier.md, frontier.png)"
 
-test: $(INSTALLED)
+# The Airflow UI on this machine: scheduler, triggerer, DAG processor and API server in one command.
+# The project's pools and the aws_default connection (no keys: boto3's chain) are created first;
+# runs triggered from the form with its defaults train on the local backend.
+airflow: $(INSTALLED) $(DIGITS)/training $(AIRFLOW_HOME_DIR)/airflow.db
+	@$(BIN)/airflow connections import --overwrite include/airflow/connections.json > /dev/null
+	@test -s $(PASSWORDS) || $(BIN)/python -c "import json, secrets; print(json.dumps({'admin': secrets.token_urlsafe(12)}))" > $(PASSWORDS)
+	@echo "Airflow UI: http://localhost:$(AIRFLOW_PORT)  (log in as admin; the password is in $(PASSWORDS))"
+	@echo "Model selection page: http://localhost:$(AIRFLOW_PORT)/plugin/model-selection  (Ctrl+C stops Airflow)"
+	PATH="$(CURDIR)/$(BIN):$$PATH" \
+	AIRFLOW__API__PORT=$(AIRFLOW_PORT) \
+	AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://localhost:$(AIRFLOW_PORT)/execution/ \
+	AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin \
+	AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False \
+	$(BIN)/airflow standalone
+
+# Headless Chromium for the UI test; tests/test_ui.py skips, saying why, where it cannot be installed.
+browser:
+	@command -v chromium > /dev/null && command -v chromedriver > /dev/null \
+		|| { command -v apt-get > /dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq \
+		     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver > /dev/null; } \
+		|| echo "Chromium could not be installed: the browser test will be skipped"
+
+test: $(INSTALLED) browser
 	$(BIN)/python -m pytest
 
 # Faults injected into whole studies (moto's SageMaker endpoint); prints the figures per fault.

@@ -15,6 +15,7 @@ from botocore.exceptions import ClientError
 from conftest import write_image_folders
 
 from model_selection.backends.local import LocalSageMakerClient
+from model_selection.local.jobstore import now
 from model_selection.local.strategy import StrategyError, plan_trials
 from model_selection.tuning_request import LOCAL_ROLE_ARN, build_tuning_request, learning_rate_values
 
@@ -171,6 +172,20 @@ def test_a_killed_supervisor_leads_to_failed(client, data):
     assert client.describe_training_job(TrainingJobName=trial)["TrainingJobStatus"] == "Failed"
     psutil.wait_procs([psutil.Process(trainer_pid)], timeout=10) if psutil.pid_exists(trainer_pid) else None
     assert not psutil.pid_exists(trainer_pid) or psutil.Process(trainer_pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_job_whose_supervisor_is_still_starting_is_in_progress_until_the_grace_ends(client, data):
+    """Another process may describe a job between its creation and its supervisor recording a pid."""
+    created = client.store.create_tuning_job("starting", request("starting", data), {
+        "HyperParameterTuningJobName": "starting", "HyperParameterTuningJobStatus": "InProgress",
+        "HyperParameterTuningJobArn": "arn:aws:sagemaker:local:000000000000:hyper-parameter-tuning-job/starting",
+        "CreationTime": now(), "LastModifiedTime": now(), "TrainingJobNames": [], "SupervisorStartBy": time.time() + 60})
+    assert created
+    describe = client.describe_hyper_parameter_tuning_job
+    assert describe(HyperParameterTuningJobName="starting")["HyperParameterTuningJobStatus"] == "InProgress"
+    client.store.update_state(client.store.tuning_dir("starting"), lambda state: state.update(SupervisorStartBy=time.time() - 1))
+    ended = describe(HyperParameterTuningJobName="starting")
+    assert ended["HyperParameterTuningJobStatus"] == "Failed" and "supervisor process (pid None)" in ended["FailureReason"]
 
 
 def test_stop_ends_stopped_and_terminates_the_trials(client, data):

@@ -61,12 +61,27 @@ def collect_task(ti: Any, run_id: str) -> dict[str, Any]:
         raise AirflowSkipException("the plan did not succeed: there is nothing to collect")
     settings = ti.xcom_pull(task_ids="plan", key="client")
     backend, read_log = get_client(**settings), get_log_reader(**settings)
-    rows = [collect_row(backend, launch, study, run_id, read_log) for launch in launches]
+    rows = [{**collect_row(backend, launch, study, run_id, read_log), **airflow_figures(ti, launch)} for launch in launches]
     for row in rows:
         log.info("%s: %s%s", row["model_id"], row["status"], f" ({row['failure_reason']})" if row["failure_reason"] else "")
     written = ResultsStore(study["results_uri"], conn_id=study["aws_conn_id"]).append(rows, run_id=run_id) if rows else []
     failed = [row["model_id"] for row in rows if row["status"] != "Completed"]
     return {"collected": len(rows), "completed": len(rows) - len(failed), "failed": failed, "files": written}
+
+
+def airflow_figures(ti: Any, launch: Mapping[str, Any]) -> dict[str, Any]:
+    """Where the model's tasks are and what its launch and wait cost, from their XComs (none if they failed)."""
+    launched = ti.xcom_pull(task_ids="launch", map_indexes=launch["map_index"]) or {}
+    waited = ti.xcom_pull(task_ids="wait", map_indexes=launch["map_index"]) or {}
+    return {
+        "dag_id": ti.dag_id,
+        "map_index": launch["map_index"],
+        "attempt": launch["attempt"],
+        "launch_try_number": launched.get("launch_try_number"),
+        "launch_waits": launched.get("launch_waits"),
+        "launch_wait_seconds": launched.get("launch_wait_seconds"),
+        "throttled_describes": waited.get("throttled_describes"),
+    }
 
 
 def report_task(study: Mapping[str, Any]) -> str:

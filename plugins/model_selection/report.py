@@ -21,9 +21,10 @@ import json
 import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Protocol
 
 from model_selection.frontier import (
     COMPLETED,
@@ -204,9 +205,9 @@ def write_markdown(frontier_rows: Sequence[Mapping[str, Any]], all_rows: Sequenc
 def write_plot(
     candidates: Sequence[Mapping[str, Any]],
     objectives: Sequence[Objective],
-    path: Path,
+    path: Path | BinaryIO,
     title: str = "Model selection",
-) -> Path:
+) -> Path | BinaryIO:
     """Accuracy against throughput (the first two objectives, y then x), frontier drawn and labelled."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -341,8 +342,41 @@ img { max-width: 100%; height: auto; }
 """
 
 
+RUN_COLUMNS = (
+    ("attempt", "attempt"),
+    ("launch_try_number", "launch try"),
+    ("launch_waits", "launch waits"),
+    ("launch_wait_seconds", "waited for quota or throttling (s)"),
+    ("throttled_describes", "throttled describes"),
+)
+# Figures about how a model ran, not what it scored: shown in their own table, not as metrics.
+NOT_METRICS = frozenset(IDENTITY_COLUMNS) | {"on_frontier", "dag_id", "map_index"} | {key for key, _ in RUN_COLUMNS}
+
+
+@dataclass(frozen=True)
+class Link:
+    """A table cell that links somewhere; its text and address are escaped like any cell."""
+
+    text: str
+    href: str
+
+
+class AirflowLinks(Protocol):
+    """Where a row's DAG run and mapped task instances are in the Airflow UI (the plugin page has them)."""
+
+    def dag_run(self, dag_id: str, run_id: str) -> str: ...
+
+    def task_instance(self, dag_id: str, run_id: str, task_id: str, map_index: int) -> str: ...
+
+
 def _escape(value: Any) -> str:
     return html.escape(str(value), quote=True)
+
+
+def _html_cell(value: Any) -> str:
+    if isinstance(value, Link):
+        return f'<a href="{_escape(value.href)}" target="_top">{_escape(value.text)}</a>'
+    return _escape(value)
 
 
 def _html_table(headers: Sequence[str], body: Iterable[Sequence[Any]], row_classes: Iterable[str] | None = None) -> str:
@@ -351,7 +385,7 @@ def _html_table(headers: Sequence[str], body: Iterable[Sequence[Any]], row_class
     lines = ['<div class="scroll"><table>', "<thead><tr>" + "".join(f"<th>{_escape(h)}</th>" for h in headers) + "</tr></thead>", "<tbody>"]
     for index, cells in enumerate(body):
         css = f' class="{_escape(classes[index])}"' if classes and classes[index] else ""
-        lines.append(f"<tr{css}>" + "".join(f"<td>{_escape(cell)}</td>" for cell in cells) + "</tr>")
+        lines.append(f"<tr{css}>" + "".join(f"<td>{_html_cell(cell)}</td>" for cell in cells) + "</tr>")
     lines += ["</tbody>", "</table></div>"]
     return "\n".join(lines)
 
@@ -360,22 +394,43 @@ def _distinct(rows: Iterable[Mapping[str, Any]], key: str) -> list[str]:
     return sorted({str(row.get(key)) for row in rows if row.get(key) not in (None, "")})
 
 
-def write_html(
-    all_rows: Sequence[Mapping[str, Any]],
-    candidates: Sequence[Mapping[str, Any]],
-    missing: Sequence[Mapping[str, Any]],
-    objectives: Sequence[Objective],
-    png_path: Path,
-    path: Path,
-    settings: Mapping[str, Any] | None,
-    title: str,
-) -> Path:
+def _run_cells(row: Mapping[str, Any], links: AirflowLinks | None) -> list[Any]:
+    """DAG run and task instances of one row: links when the page knows where Airflow is."""
+    dag_id, run_id, map_index = row.get("dag_id"), row.get("dag_run_id"), row.get("map_index")
+    run_text = format_cell(run_id)
+    if links is None or not dag_id or not run_id:
+        return [run_text, MISSING, MISSING]
+    tasks = [MISSING, MISSING] if map_index is None else [
+        Link(f"{task_id}[{map_index}]", links.task_instance(str(dag_id), str(run_id), task_id, int(map_index)))
+        for task_id in ("launch", "wait")
+    ]
+    return [Link(run_text, links.dag_run(str(dag_id), str(run_id))), *tasks]
+
+
+def render_html(
+    rows: Sequence[Mapping[str, Any]],
+    objectives: Iterable[Objective | str] = DEFAULT_OBJECTIVES,
+    settings: Mapping[str, Any] | None = None,
+    title: str = "Model selection",
+    plot_src: str | None = None,
+    links: AirflowLinks | None = None,
+    preface: str = "",
+) -> str:
+    """The report page. Without `plot_src` the plot is drawn and embedded, so the page stands alone.
+
+    `preface` is trusted HTML (the plugin page's navigation) put under the title; callers escape its text.
+    """
+    objectives = as_objectives(objectives)
+    all_rows, candidates, missing = flag_rows(rows, objectives)
+    if plot_src is None:
+        png = io.BytesIO()
+        write_plot(candidates, objectives, png, title)
+        plot_src = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")
     frontier_rows = [row for row in candidates if row.get("on_frontier")]
     not_completed = [row for row in missing if row.get("status") != COMPLETED]
     incomplete = [row for row in missing if row.get("status") == COMPLETED]
     note = throughput_note(all_rows)
     datasets = _distinct(all_rows, "dataset")
-    image = base64.b64encode(png_path.read_bytes()).decode("ascii")
     front_ids = ", ".join(str(row.get("model_id")) for row in _by_throughput(frontier_rows)) or "none"
 
     parts = [
@@ -384,6 +439,7 @@ def write_html(
         f"<title>{_escape(title)}</title>",
         f"<style>{STYLE}</style></head><body>",
         f"<h1>{_escape(title)}</h1>",
+        preface,
         f"<p>{_escape(len(all_rows))} models; {_escape(len(candidates))} completed with every objective "
         f"({_escape(', '.join(map(str, objectives)))}); {_escape(len(frontier_rows))} on the frontier: {_escape(front_ids)}.</p>",
     ]
@@ -402,10 +458,10 @@ def write_html(
             ),
         ),
         f'<p class="{"warning" if warning else "note"}">{_escape(note)}</p>',
-        f'<p><img alt="{_escape(title)}: frontier plot" src="data:image/png;base64,{image}"></p>',
+        f'<p><img id="frontier-plot" alt="{_escape(title)}: frontier plot" src="{_escape(plot_src)}"></p>',
     ]
 
-    metric_columns = sorted({key for row in all_rows for key in row} - set(IDENTITY_COLUMNS) - {"on_frontier"})
+    metric_columns = sorted({key for row in all_rows for key in row} - NOT_METRICS)
     model_columns = ["model_id", "family", "backend", "status", "on_frontier", "learning_rate", *metric_columns]
     parts += [
         "<h2>All models</h2>",
@@ -426,6 +482,14 @@ def write_html(
             ([format_cell(row.get("model_id")), format_cell(row.get("family")), ", ".join(missing_objectives(row, objectives))]
              for row in incomplete),
         ) if incomplete else "<p>None.</p>",
+        "<h2>How each model ran</h2>",
+        _html_table(
+            ["model_id", "status", "tuning_job_name", "DAG run", "launch task", "wait task",
+             *[label for _, label in RUN_COLUMNS], "finished_at"],
+            ([format_cell(row.get("model_id")), format_cell(row.get("status")), format_cell(row.get("tuning_job_name")),
+              *_run_cells(row, links), *[format_cell(row.get(key)) for key, _ in RUN_COLUMNS],
+              format_cell(row.get("finished_at"))] for row in all_rows),
+        ),
         "<h2>Run settings</h2>",
         _html_table(
             ["setting", "value"],
@@ -441,8 +505,7 @@ def write_html(
         ),
         "</body></html>",
     ]
-    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
-    return path
+    return "\n".join(parts) + "\n"
 
 
 def flag_rows(
@@ -476,7 +539,8 @@ def write_report(
     write_csv(flagged, paths["csv"])
     write_markdown(frontier_rows, flagged, paths["md"])
     write_plot(candidates, objectives, paths["png"], title)
-    write_html(flagged, candidates, missing, objectives, paths["png"], paths["html"], settings, title)
+    plot_src = "data:image/png;base64," + base64.b64encode(paths["png"].read_bytes()).decode("ascii")
+    paths["html"].write_text(render_html(rows, objectives, settings, title, plot_src), encoding="utf-8")
     return paths
 
 

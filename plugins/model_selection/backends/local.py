@@ -12,6 +12,7 @@ import datetime as dt
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,13 @@ from model_selection.backends.api import (
 )
 from model_selection.local.jobstore import JobStore, now, read_json
 from model_selection.local.strategy import StrategyError, plan_trials
-from model_selection.local.supervisor import PLUGINS_DIR, PYTHON_VARIABLE, kill_process_group, local_path
+from model_selection.local.supervisor import (
+    PLUGINS_DIR,
+    PYTHON_VARIABLE,
+    SUPERVISOR_START_SECONDS,
+    kill_process_group,
+    local_path,
+)
 
 LOCAL_ACCOUNT_ARN = "arn:aws:sagemaker:local:000000000000"
 LOCAL_CHANNELS = ("training", "validation", "test")
@@ -45,6 +52,13 @@ def _with_datetimes(value: Any) -> Any:
     if isinstance(value, list):
         return [_with_datetimes(item) for item in value]
     return value
+
+
+def _supervised(state: dict[str, Any]) -> bool:
+    """True while the job's supervisor runs, or is still starting (no pid recorded yet, within the grace)."""
+    if state.get("SupervisorPid") is None:
+        return time.time() < state.get("SupervisorStartBy", 0)
+    return _process_alive(state["SupervisorPid"], state.get("SupervisorCreateTime"))
 
 
 def _process_alive(pid: int | None, create_time: float | None) -> bool:
@@ -82,6 +96,7 @@ class LocalSageMakerClient:
             "CreationTime": now(),
             "LastModifiedTime": now(),
             "TrainingJobNames": [],
+            "SupervisorStartBy": time.time() + SUPERVISOR_START_SECONDS,
         }
         if not self.store.create_tuning_job(name, request, state):
             raise client_error(RESOURCE_IN_USE, f"Hyperparameter tuning job {name} already exists", operation)
@@ -130,32 +145,23 @@ class LocalSageMakerClient:
             raise client_error(VALIDATION, "; ".join(problems), operation)
 
     def _start_supervisor(self, name: str) -> None:
-        import psutil
-
         python = os.environ.get(PYTHON_VARIABLE, sys.executable)
         environment = {**os.environ,
                        "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS_DIR), os.environ.get("PYTHONPATH")]))}
         launcher = subprocess.run(
             [python, "-m", "model_selection.local.supervisor", str(self.store.root), name],
-            capture_output=True, text=True, env=environment, start_new_session=True, timeout=120,
+            capture_output=True, text=True, env=environment, start_new_session=True, timeout=SUPERVISOR_START_SECONDS,
         )
-        pid = int(launcher.stdout.strip()) if launcher.returncode == 0 and launcher.stdout.strip() else None
-        try:
-            create_time = psutil.Process(pid).create_time() if pid else None
-        except psutil.NoSuchProcess:  # ended already: record it; describe reads its final state
-            create_time = None
-        folder = self.store.tuning_dir(name)
-        self.store.update_state(folder, lambda state: state.update(SupervisorPid=pid, SupervisorCreateTime=create_time))
-        if pid is None:
+        if launcher.returncode != 0 or not launcher.stdout.strip():  # it records its pid itself when it starts
+            folder = self.store.tuning_dir(name)
+            self.store.update_state(folder, lambda state: state.update(SupervisorStartBy=0))
             self._fail_if_unsupervised(folder, f"the supervisor did not start: {launcher.stderr.strip()[-500:]}")
 
     # -- describe and list ------------------------------------------------------------------
     def describe_hyper_parameter_tuning_job(self, HyperParameterTuningJobName: str) -> dict[str, Any]:
         folder = self._tuning_folder(HyperParameterTuningJobName, "DescribeHyperParameterTuningJob")
         state = self.store.read_state(folder)
-        if state["HyperParameterTuningJobStatus"] in ACTIVE and not _process_alive(
-            state.get("SupervisorPid"), state.get("SupervisorCreateTime")
-        ):
+        if state["HyperParameterTuningJobStatus"] in ACTIVE and not _supervised(state):
             state = self._fail_if_unsupervised(
                 folder, f"the local supervisor process (pid {state.get('SupervisorPid')}) ended while the job was "
                         "in progress: it was killed or the machine restarted"
@@ -290,9 +296,7 @@ class LocalSageMakerClient:
         """Mark the job and its running trials Failed, unless the supervisor finished it meanwhile."""
 
         def change(state: dict[str, Any]) -> None:
-            if state["HyperParameterTuningJobStatus"] not in ACTIVE or _process_alive(
-                state.get("SupervisorPid"), state.get("SupervisorCreateTime")
-            ):
+            if state["HyperParameterTuningJobStatus"] not in ACTIVE or _supervised(state):
                 return
             state.update(HyperParameterTuningJobStatus="Failed", FailureReason=reason, HyperParameterTuningEndTime=now())
             for name in state["TrainingJobNames"]:

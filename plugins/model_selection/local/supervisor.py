@@ -294,10 +294,21 @@ def kill_process_group(pid: int) -> None:
         pass
 
 
+# How long a new job may go without a recorded supervisor before it counts as unsupervised.
+SUPERVISOR_START_SECONDS = 120
+
+
 def detach_and_run(jobs_root: str, name: str) -> None:
-    """Fork; the parent prints the child's pid and exits, so the child is nobody's zombie."""
+    """Fork; the parent records the child's pid in the job, prints it and exits, so the child is
+    nobody's zombie. The pid is recorded here, not by the caller, so that a caller killed while
+    this starts (Airflow SIGKILLed mid-launch) cannot leave a running supervisor unrecorded."""
     child = os.fork()
     if child:
+        import psutil
+
+        create_time = psutil.Process(child).create_time()
+        JobStore(jobs_root).update_state(JobStore(jobs_root).tuning_dir(name), lambda state: state.update(
+            SupervisorPid=child, SupervisorCreateTime=create_time))
         print(child, flush=True)
         os._exit(0)
     log_path = JobStore(jobs_root).tuning_dir(name) / "supervisor.log"

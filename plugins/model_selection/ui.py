@@ -1,0 +1,141 @@
+"""The model-selection page of the Airflow UI: a FastAPI app the API server mounts at /model-selection.
+
+It reads the results store (`MODEL_SELECTION_RESULTS_URI`, else `$AIRFLOW_HOME/model-selection-results`)
+and shows, per data set, the report of its latest configuration: frontier table and plot, every
+model with failures and their reasons, and links to the DAG run and mapped task instances that
+produced each row. Every route needs read access to the model-selection DAG, checked by Airflow's
+own auth manager, so a request without a valid session cookie or bearer token gets a 401 and no data.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, Response
+
+DAG_ID = "image_classification_model_selection"
+URL_PREFIX = "/model-selection"
+RESULTS_CONN_ID_VARIABLE = "MODEL_SELECTION_AWS_CONN_ID"
+
+
+class UILinks:
+    """Addresses in the Airflow UI, under whatever root path the API server is served from."""
+
+    def __init__(self, airflow_root: str):
+        self.root = airflow_root.rstrip("/")
+
+    def dag(self, dag_id: str) -> str:
+        return f"{self.root}/dags/{quote(dag_id, safe='')}"
+
+    def dag_run(self, dag_id: str, run_id: str) -> str:
+        return f"{self.dag(dag_id)}/runs/{quote(run_id, safe='')}"
+
+    def task_instance(self, dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
+        return f"{self.dag_run(dag_id, run_id)}/tasks/{quote(task_id, safe='')}/mapped/{int(map_index)}"
+
+
+def _store():
+    from model_selection.results import ResultsStore
+
+    return ResultsStore(conn_id=os.environ.get(RESULTS_CONN_ID_VARIABLE, "aws_default"))
+
+
+def latest_configuration(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """The configuration hash of the data set's most recent row: what its latest run studied."""
+    newest = max(rows, key=lambda row: str(row.get("finished_at", "")), default=None)
+    return None if newest is None else str(newest.get("config_hash"))
+
+
+def _query(**parameters: str) -> str:
+    return "?" + urlencode(parameters)
+
+
+def navigation(rows_by_dataset: Mapping[str, Sequence[Mapping[str, Any]]], dataset: str, config_hash: str,
+               links: UILinks) -> str:
+    """Data sets and this data set's configurations, as links; every name escaped."""
+    escape = html.escape
+    datasets = " · ".join(
+        f"<strong>{escape(name)}</strong>" if name == dataset else f'<a href="{escape(_query(dataset=name))}">{escape(name)}</a>'
+        for name in sorted(rows_by_dataset)
+    )
+    hashes = sorted({str(row.get("config_hash")) for row in rows_by_dataset[dataset]})
+    configurations = " · ".join(
+        f"<strong>{escape(value)}</strong>" if value == config_hash
+        else f'<a href="{escape(_query(dataset=dataset, config_hash=value))}">{escape(value)}</a>'
+        for value in hashes
+    )
+    return (f'<nav><p>Data sets: {datasets}</p><p>Configurations of {escape(dataset)}: '
+            f'{configurations}</p><p><a href="{escape(links.dag(DAG_ID))}" target="_top">Run the study '
+            f"({escape(DAG_ID)})</a></p></nav>")
+
+
+# Airflow embeds the page in an iframe sandboxed without `allow-top-navigation`, so a `target=_top`
+# link does nothing there. The frame is same-origin, so the link is followed from the top document.
+FOLLOW_LINKS_IN_AIRFLOW = """<script>
+document.addEventListener("click", (event) => {
+  const link = event.target.closest("a[target=_top]");
+  if (!link || window.top === window) return;
+  try {
+    const anchor = window.top.document.createElement("a");
+    anchor.href = link.href;
+    window.top.document.body.appendChild(anchor);
+    anchor.click();
+    anchor.remove();
+    event.preventDefault();
+  } catch (error) {}  // not embedded by the same origin: the browser follows the link itself
+});
+</script>"""
+
+
+def create_app() -> FastAPI:
+    from airflow.api_fastapi.core_api.security import requires_access_dag
+
+    app = FastAPI(
+        title="Model selection",
+        description="Per data set: the Pareto frontier of the models a study trained, and how each ran.",
+        dependencies=[Depends(requires_access_dag("GET", param_dag_id=DAG_ID))],
+    )
+
+    @app.get("/", response_class=HTMLResponse)
+    def page(request: Request, dataset: str | None = None, config_hash: str | None = None) -> HTMLResponse:
+        from model_selection.report import render_html
+
+        links = UILinks(request.scope.get("root_path", "").removesuffix(URL_PREFIX))
+        rows_by_dataset: dict[str, list[dict[str, Any]]] = {}
+        for row in _store().read_latest():
+            rows_by_dataset.setdefault(str(row.get("dataset")), []).append(row)
+        if not rows_by_dataset:
+            return HTMLResponse(
+                "<!DOCTYPE html><html><body><h1>Model selection</h1><p>No results yet. Trigger "
+                f'<a href="{html.escape(links.dag(DAG_ID))}" target="_top">{html.escape(DAG_ID)}</a>; '
+                "each run adds its models here.</p></body></html>")
+        if dataset not in rows_by_dataset:
+            dataset = max(rows_by_dataset, key=lambda name: max(str(row.get("finished_at", "")) for row in rows_by_dataset[name]))
+        config_hash = config_hash or latest_configuration(rows_by_dataset[dataset])
+        rows = [row for row in rows_by_dataset[dataset] if str(row.get("config_hash")) == config_hash]
+        return HTMLResponse(render_html(
+            rows,
+            settings={"results store": _store().uri, "data set": dataset, "configuration hash": config_hash},
+            title=f"Model selection: {dataset}",
+            plot_src="plot.png" + _query(dataset=dataset, config_hash=config_hash or ""),
+            links=links,
+            preface=navigation(rows_by_dataset, dataset, config_hash or "", links) + FOLLOW_LINKS_IN_AIRFLOW,
+        ))
+
+    @app.get("/plot.png", response_class=Response)
+    def plot(dataset: str, config_hash: str) -> Response:
+        from model_selection.frontier import DEFAULT_OBJECTIVES
+        from model_selection.report import flag_rows, write_plot
+
+        _, candidates, _ = flag_rows(_store().read_latest(dataset=dataset, config_hash=config_hash), DEFAULT_OBJECTIVES)
+        png = io.BytesIO()
+        write_plot(candidates, DEFAULT_OBJECTIVES, png, f"Model selection: {dataset}")
+        return Response(png.getvalue(), media_type="image/png")
+
+    return app
