@@ -27,7 +27,7 @@ PARAMS = {
         type="array", items={"type": "string"},
         description="Model ids: timm names for the local backend, JumpStart ids for SageMaker.",
     ),
-    "model_list": Param("", type="string",
+    "model_list": Param(None, type=["null", "string"],
                         description="Also take the models of include/model_lists/NAME.txt (for example local-small)."),
     "dataset": Param(
         {"name": "digits", "training": "include/datasets/digits/training",
@@ -47,10 +47,10 @@ PARAMS = {
     "instance_type": Param("ml.g4dn.xlarge", type="string", description="SageMaker training instance type."),
     "max_concurrent_tuning_jobs": Param(10, type="integer", minimum=1,
                                         description="At most this many of this study's tuning jobs in flight."),
-    "results_uri": Param("", type="string", description="Results store: a folder or s3:// URI (empty: the default)."),
+    "results_uri": Param(None, type=["null", "string"], description="Results store: a folder or s3:// URI (empty: the default)."),
     "force": Param(False, type="boolean", description="Re-train models that already have results."),
-    "role_arn": Param("", type="string", description="SageMaker execution role (empty: the model_selection_role_arn Variable)."),
-    "output_path": Param("", type="string", description="SageMaker s3:// output path for model artifacts."),
+    "role_arn": Param(None, type=["null", "string"], description="SageMaker execution role (empty: the model_selection_role_arn Variable)."),
+    "output_path": Param(None, type=["null", "string"], description="SageMaker s3:// output path for model artifacts."),
     "aws_conn_id": Param("aws_default", type="string", description="Airflow AWS connection for SageMaker."),
 }
 

@@ -31,6 +31,11 @@ import json
 pools = json.load(open({str(PROJECT_ROOT / "include" / "airflow" / "pools.json")!r}))
 unknown = {{task.task_id: task.pool for task in dag.tasks if task.pool not in pools and task.pool != "default_pool"}}
 assert not unknown, f"pools missing from include/airflow/pools.json: {{unknown}}"
+for name in dag.params:  # the trigger form rejects an empty field unless its type allows null
+    param = dag.params.get_param(name)
+    types = param.schema.get("type")
+    nullable = "null" in (types if isinstance(types, list) else [types])
+    assert nullable or param.value not in ("", None), f"Param {{name}} is empty by default but required in the form"
 heavy = [name for name in {HEAVY_MODULES!r} if name in sys.modules]
 assert not heavy, heavy
 print(sorted(task.task_id for task in dag.tasks))

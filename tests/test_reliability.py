@@ -291,9 +291,8 @@ def killed_study(tmp_path_factory) -> KilledStudy:
     airflow = dags_test_process(environment, conf, killed_log)
 
     def every_job_supervised_and_one_training() -> tuple[dict[str, dict], list[str]] | None:
-        """The job states and the running trials, once every model's job has its supervisor
-        (read from the state files: describing a job before its supervisor's pid is recorded fails it)
-        and some trainer runs."""
+        """The job states and the running trials, once every model's job has its supervisor and some
+        trainer runs (read from the state files, so that the test's polling describes nothing)."""
         if airflow.poll() is not None:
             pytest.fail(f"airflow dags test ended before the kill:\n{killed_log.read_text()[-4000:]}")
         states = {name: store.read_state(store.tuning_dir(name)) for name in store.tuning_job_names()}

@@ -112,12 +112,16 @@ def airflow(tmp_path_factory):
                    "the DAG to be parsed", process, log)
         instance.log, instance.process = log, process
         yield instance
-    finally:
+    finally:  # standalone's scheduler, executor workers, triggerer, DAG processor and API server
         os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            pass
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # whatever did not stop on SIGTERM
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture(scope="module")
