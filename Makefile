@@ -74,7 +74,8 @@ browser:
 test: $(INSTALLED) browser
 	$(BIN)/python -m pytest
 
-# Faults injected into whole studies (moto's SageMaker endpoint); prints the figures per fault.
+# Faults injected into whole studies (moto's SageMaker endpoint, and real Airflow on the local
+# backend); prints the figures per fault.
 reliability: $(INSTALLED)
 	$(BIN)/python -m pytest -q tests/test_reliability.py
 

@@ -50,17 +50,19 @@ def free_port() -> int:
 class Airflow:
     """A running `make airflow` and a REST client for it."""
 
-    def __init__(self, url: str, home: Path, results: Path, data: Path):
-        self.url, self.home, self.results, self.data = url, home, results, data
+    def __init__(self, url: str, root: Path):
+        self.url, self.home, self.results, self.jobs, self.data = (
+            url, root / "home", root / "results", root / "jobs", root / "data")
 
     @property
     def password(self) -> str:
         return json.loads((self.home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
 
-    def request(self, path: str, body: dict | None = None, token: str | None = None) -> tuple[int, bytes]:
+    def request(self, path: str, body: dict | None = None, token: str | None = None,
+                method: str | None = None) -> tuple[int, bytes]:
         headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
         request = urllib.request.Request(self.url + path, data=None if body is None else json.dumps(body).encode(),
-                                         headers=headers, method="GET" if body is None else "POST")
+                                         headers=headers, method=method or ("GET" if body is None else "POST"))
         try:
             with urllib.request.urlopen(request, timeout=30) as answer:
                 return answer.status, answer.read()
@@ -74,8 +76,8 @@ class Airflow:
         assert status in (200, 201), body
         return json.loads(body)["access_token"]
 
-    def api(self, path: str, body: dict | None = None) -> dict:
-        status, answer = self.request(f"/api/v2{path}", body, self.token())
+    def api(self, path: str, body: dict | None = None, method: str | None = None) -> dict:
+        status, answer = self.request(f"/api/v2{path}", body, self.token(), method)
         assert status in (200, 201), (path, status, answer[:500])
         return json.loads(answer)
 
@@ -95,17 +97,17 @@ def wait_until(condition, timeout: float, what: str, process: subprocess.Popen, 
 def airflow(tmp_path_factory):
     root = tmp_path_factory.mktemp("ui")
     port = free_port()
-    home, results, data = root / "home", root / "results", root / "data"
+    instance = Airflow(f"http://127.0.0.1:{port}", root)
     for channel, seed in (("training", 1), ("validation", 2), ("test", 3)):
-        write_image_folders(data / channel, classes=3, per_class=8 if channel == "training" else 4, seed=seed)
-    environment = {**airflow_environment(home, root / "jobs", results), **CANARIES, "AIRFLOW__API__HOST": "127.0.0.1"}
+        write_image_folders(instance.data / channel, classes=3, per_class=8 if channel == "training" else 4, seed=seed)
+    environment = {**airflow_environment(instance.home, instance.jobs, instance.results), **CANARIES,
+                   "AIRFLOW__API__HOST": "127.0.0.1"}
     log = root / "make-airflow.log"
     with log.open("w") as output:
         process = subprocess.Popen(
-            ["make", "-s", "airflow", f"AIRFLOW_HOME_DIR={home}", f"AIRFLOW_PORT={port}"],
+            ["make", "-s", "airflow", f"AIRFLOW_HOME_DIR={instance.home}", f"AIRFLOW_PORT={port}"],
             cwd=PROJECT_ROOT, env=environment, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    instance = Airflow(f"http://127.0.0.1:{port}", home, results, data)
     try:
         wait_until(lambda: instance.request("/api/v2/monitor/health")[0] == 200, 300, "the API server", process, log)
         wait_until(lambda: instance.request(f"/api/v2/dags/{DAG_ID}", token=instance.token())[0] == 200, 180,
@@ -148,7 +150,8 @@ def finished_run(airflow) -> dict:
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(airflow):
+    """Headless Chromium, logged in through Airflow's own login form."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (requirements-test.txt)")
     from selenium.webdriver.chrome.service import Service
 
@@ -158,8 +161,17 @@ def browser():
                  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
                  "--window-size=1400,1000"):
         options.add_argument(flag)
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(60)
+    driver.get(f"{airflow.url}/dags")  # Airflow sends a new browser to its login form
+    WebDriverWait(driver, 60).until(ready.presence_of_element_located((By.NAME, "username"))).send_keys("admin")
+    driver.find_element(By.NAME, "password").send_keys(airflow.password)
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    WebDriverWait(driver, 60).until(lambda _: "/auth/login" not in driver.current_url)
     yield driver
     driver.quit()
 
@@ -186,16 +198,13 @@ def test_the_run_completes_and_map_indexes_say_how_each_model_went(finished_run)
         "test_convnext · attempt 1 · launched", "test_resnet · attempt 1 · launched"]
 
 
-def test_the_page_in_chromium_after_logging_in_through_the_ui(airflow, finished_run, browser):
+def test_the_page_in_chromium_embedded_in_the_airflow_ui(airflow, finished_run, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ready
     from selenium.webdriver.support.ui import WebDriverWait
 
     wait = WebDriverWait(browser, 60)
     browser.get(f"{airflow.url}/plugin/model-selection")  # the menu entry: the page embedded in Airflow's UI
-    wait.until(ready.presence_of_element_located((By.NAME, "username"))).send_keys("admin")
-    browser.find_element(By.NAME, "password").send_keys(airflow.password)
-    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     browser.switch_to.frame(wait.until(ready.presence_of_element_located((By.TAG_NAME, "iframe"))))
     plot = wait.until(ready.presence_of_element_located((By.ID, "frontier-plot")))
     wait.until(lambda _: browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", plot))
@@ -229,3 +238,42 @@ def test_the_page_in_chromium_after_logging_in_through_the_ui(airflow, finished_
 def model_map_index(finished_run: dict, model_id: str) -> int:
     return next(ti["map_index"] for ti in finished_run["instances"]
                 if ti["task_id"] == "wait" and ti["rendered_map_index"].startswith(f"{model_id} · "))
+
+
+def test_the_trigger_form_runs_with_its_defaults(airflow, finished_run, browser):
+    """Trigger from the form as it opens: the run gets the DAG's defaults and plans the five default
+    models on the digits (which `make airflow` wrote). The jobs are then stopped, to keep the suite
+    short: the whole default run (about 8 minutes on 2 cores) is in the README."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from model_selection.backends.local import LocalSageMakerClient
+
+    browser.get(f"{airflow.url}/dags/{DAG_ID}")
+    wait = WebDriverWait(browser, 60)
+    buttons = lambda: [b for b in browser.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Trigger"]  # noqa: E731
+    wait.until(lambda _: buttons())[0].click()  # the DAG page's button opens the form ...
+    wait.until(lambda _: len(buttons()) > 1)
+    browser.execute_script("arguments[0].scrollIntoView()", buttons()[-1])
+    buttons()[-1].click()  # ... whose own button triggers the run
+    wait.until(lambda _: "/runs/" in browser.current_url)
+    run_id = urllib.parse.unquote(browser.current_url.split("/runs/")[1].split("/")[0])
+    path = f"/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+
+    def five_launched() -> list[dict] | None:
+        instances = airflow.api(f"{path}/taskInstances?limit=100")["task_instances"]
+        launched = [ti for ti in instances if ti["task_id"] == "launch" and ti["state"] == "success"]
+        return launched if len(launched) == 5 else None
+
+    try:
+        launched = wait_until(five_launched, 240, "the default run to launch its five models", airflow.process, airflow.log)
+    finally:
+        airflow.api(path, {"state": "failed"}, method="PATCH")
+        client = LocalSageMakerClient(airflow.jobs)
+        for name in client.store.tuning_job_names():
+            if client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)["HyperParameterTuningJobStatus"] == "InProgress":
+                client.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+    conf = airflow.api(path)["conf"]
+    assert conf["backend"] == "local" and conf["dataset"]["name"] == "digits" and conf["model_list"] is None
+    assert sorted(ti["rendered_map_index"].split(" · ")[0] for ti in launched) == sorted(conf["model_ids"])
+    assert len(conf["model_ids"]) == 5
