@@ -131,7 +131,7 @@ def test_trigger_and_sensor_report_success_and_failure(study, tmp_path):
     context = dict(CONTEXT)
     sensor = TuningJobSensor(task_id="wait", job=good)
     assert sensor.execute_complete(context, success) == {"job_name": good["job_name"], "job_status": "Completed",
-                                                         "throttled_describes": 0}
+                                                         "throttled_describes": 0, "wait_try_number": None}
     assert context["job_status"] == "Completed"
     with pytest.raises(AirflowFailException, match="Kernel size"):
         TuningJobSensor(task_id="wait", job=bad).execute_complete(context, failure)

@@ -33,6 +33,7 @@ pytestmark = pytest.mark.skipif(
 TINY = {"pretrained": "false", "image_size": "16", "batch_size": "8", "train_only_top_layer": "False"}
 HOSTILE_MODEL = '<img src=x onerror="window.injected=1">'
 HOSTILE_REASON = '<script>window.injected=2</script> out of memory'
+HOSTILE_DATASET = '<b onmouseover="window.injected=3">pets</b>'
 # Credentials the API server and tasks can see; none may reach the page.
 CANARIES = {
     "AWS_ACCESS_KEY_ID": "AKIA" + secrets.token_hex(8).upper(),
@@ -142,10 +143,12 @@ def finished_run(airflow) -> dict:
     instances = airflow.api(f"{path}/taskInstances?limit=100")["task_instances"]
     rows = ResultsStore(str(airflow.results)).read_latest(dataset="tiny")
     assert rows, airflow.log.read_text()[-3000:]
-    # A row as a remote job's failure could write it: the page must show it as text.
-    ResultsStore(str(airflow.results)).append([{"dataset": "tiny", "model_id": HOSTILE_MODEL, "status": "Failed",
-                                                "config_hash": rows[0]["config_hash"], "failure_reason": HOSTILE_REASON,
-                                                "finished_at": "2000-01-01T00:00:00+00:00"}])
+    # Rows as a remote job's failure or another tool could write them: the page must show them as text.
+    hostile = {"status": "Failed", "config_hash": rows[0]["config_hash"], "finished_at": "2000-01-01T00:00:00+00:00"}
+    ResultsStore(str(airflow.results)).append([
+        {**hostile, "dataset": "tiny", "model_id": HOSTILE_MODEL, "failure_reason": HOSTILE_REASON},
+        {**hostile, "dataset": HOSTILE_DATASET, "model_id": "resnet18", "failure_reason": "-"},
+    ])
     return {"run": final, "instances": instances, "rows": rows}
 
 
@@ -205,7 +208,10 @@ def test_the_page_in_chromium_embedded_in_the_airflow_ui(airflow, finished_run, 
 
     wait = WebDriverWait(browser, 60)
     browser.get(f"{airflow.url}/plugin/model-selection")  # the menu entry: the page embedded in Airflow's UI
-    browser.switch_to.frame(wait.until(ready.presence_of_element_located((By.TAG_NAME, "iframe"))))
+    # The UI mirrors the frame's address into its own once the frame has loaded; before that it may
+    # still replace the frame, and elements found in it would go stale.
+    wait.until(lambda _: "/plugin/model-selection/model-selection/" in browser.current_url)
+    browser.switch_to.frame(browser.find_element(By.TAG_NAME, "iframe"))
     plot = wait.until(ready.presence_of_element_located((By.ID, "frontier-plot")))
     wait.until(lambda _: browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", plot))
     assert browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", plot) == [1200, 720]
@@ -221,8 +227,17 @@ def test_the_page_in_chromium_embedded_in_the_airflow_ui(airflow, finished_run, 
               for row in tables["Failed, stopped or not launched"].find_elements(By.CSS_SELECTOR, "tbody tr")}
     assert "Kernel size can't be greater" in failed["test_convnext"]
     assert failed[HOSTILE_MODEL] == HOSTILE_REASON  # shown as text, never run
+    assert f"Data sets: {HOSTILE_DATASET} · tiny" in browser.find_element(By.TAG_NAME, "nav").text
+    assert browser.find_elements(By.CSS_SELECTOR, "nav b, table b, table img, table script") == []
     assert browser.execute_script("return window.injected === undefined")
     assert not any(value in browser.page_source for value in CANARIES.values())
+
+    ran = tables["How each model ran"]
+    headers = [cell.text for cell in ran.find_elements(By.CSS_SELECTOR, "thead th")]
+    resnet = next(dict(zip(headers, (cell.text for cell in row.find_elements(By.TAG_NAME, "td"))))
+                  for row in ran.find_elements(By.CSS_SELECTOR, "tbody tr") if row.text.startswith("test_resnet "))
+    assert {key: resnet[key] for key in ("status", "attempt", "launch try", "launch waits", "wait try")} == {
+        "status": "Completed", "attempt": "1", "launch try": "1", "launch waits": "0", "wait try": "1"}
 
     # Each row links to its DAG run and mapped task instances in the Airflow UI.
     run_id = finished_run["run"]["dag_run_id"]

@@ -81,6 +81,7 @@ def airflow_figures(ti: Any, launch: Mapping[str, Any]) -> dict[str, Any]:
         "launch_waits": launched.get("launch_waits"),
         "launch_wait_seconds": launched.get("launch_wait_seconds"),
         "throttled_describes": waited.get("throttled_describes"),
+        "wait_try_number": waited.get("wait_try_number"),
     }
 
 

@@ -293,7 +293,7 @@ def _plot_scatter(figure, axes, rows: Sequence[Mapping[str, Any]], objectives: S
     for values, axis in ((ys, axes.yaxis), (xs, axes.xaxis)):
         metric = y_objective.metric if axis is axes.yaxis else x_objective.metric
         if "accuracy" in metric and all(0 <= value <= 1 for value in values):
-            axis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+            axis.set_major_formatter(PercentFormatter(xmax=1))  # decimals as the range needs
     axes.set_xlabel(_axis_label(x_objective, log_x))
     axes.set_ylabel(_axis_label(y_objective))
     axes.set_title(f"{title}: {metric_label(y_objective.metric)} vs {metric_label(x_objective.metric)}")
@@ -348,6 +348,7 @@ RUN_COLUMNS = (
     ("launch_waits", "launch waits"),
     ("launch_wait_seconds", "waited for quota or throttling (s)"),
     ("throttled_describes", "throttled describes"),
+    ("wait_try_number", "wait try"),
 )
 # Figures about how a model ran, not what it scored: shown in their own table, not as metrics.
 NOT_METRICS = frozenset(IDENTITY_COLUMNS) | {"on_frontier", "dag_id", "map_index"} | {key for key, _ in RUN_COLUMNS}

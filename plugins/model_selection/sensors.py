@@ -19,7 +19,7 @@ class TuningJobSensor(BaseSensorOperator):
     """Succeeds when the tuning job is Completed; fails with the job's reason when Failed or Stopped.
 
     `job` is what the launch operator returned: `{"job_name", "model_id", "client", ...}`.
-    Returns `{"job_name", "job_status", "throttled_describes"}`, and sets `job_status` in the
+    Returns `{"job_name", "job_status", "throttled_describes", "wait_try_number"}`, and sets `job_status` in the
     context for the DAG's `map_index_template`, so the grid shows each model's end.
     Deferrable (the default) waits in the triggerer with no worker slot; otherwise it
     pokes (or reschedules). The timeout is generous and configurable; when it passes, or
@@ -89,7 +89,8 @@ class TuningJobSensor(BaseSensorOperator):
     def _finished(self, context: Any, job_status: str, throttled: int) -> dict[str, Any]:
         context["job_status"] = job_status + (f", {throttled} describes throttled" if throttled else "")
         self.log.info("%s: %s", self.job_name, context["job_status"])
-        return {"job_name": self.job_name, "job_status": job_status, "throttled_describes": throttled}
+        return {"job_name": self.job_name, "job_status": job_status, "throttled_describes": throttled,
+                "wait_try_number": getattr(context.get("ti"), "try_number", None)}
 
     def on_kill(self) -> None:
         self._stop_job()
