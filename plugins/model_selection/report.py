@@ -410,23 +410,19 @@ def _run_cells(row: Mapping[str, Any], links: AirflowLinks | None) -> list[Any]:
 
 def render_html(
     rows: Sequence[Mapping[str, Any]],
+    plot_src: str,
     objectives: Iterable[Objective | str] = DEFAULT_OBJECTIVES,
     settings: Mapping[str, Any] | None = None,
     title: str = "Model selection",
-    plot_src: str | None = None,
     links: AirflowLinks | None = None,
     preface: str = "",
 ) -> str:
-    """The report page. Without `plot_src` the plot is drawn and embedded, so the page stands alone.
+    """The report page; `plot_src` is the plot's address (a data: URI makes the page stand alone).
 
     `preface` is trusted HTML (the plugin page's navigation) put under the title; callers escape its text.
     """
     objectives = as_objectives(objectives)
     all_rows, candidates, missing = flag_rows(rows, objectives)
-    if plot_src is None:
-        png = io.BytesIO()
-        write_plot(candidates, objectives, png, title)
-        plot_src = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")
     frontier_rows = [row for row in candidates if row.get("on_frontier")]
     not_completed = [row for row in missing if row.get("status") != COMPLETED]
     incomplete = [row for row in missing if row.get("status") == COMPLETED]
@@ -541,7 +537,7 @@ def write_report(
     write_markdown(frontier_rows, flagged, paths["md"])
     write_plot(candidates, objectives, paths["png"], title)
     plot_src = "data:image/png;base64," + base64.b64encode(paths["png"].read_bytes()).decode("ascii")
-    paths["html"].write_text(render_html(rows, objectives, settings, title, plot_src), encoding="utf-8")
+    paths["html"].write_text(render_html(rows, plot_src, objectives, settings, title), encoding="utf-8")
     return paths
 
 

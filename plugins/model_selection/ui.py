@@ -107,8 +107,9 @@ def create_app() -> FastAPI:
         from model_selection.report import render_html
 
         links = UILinks(request.scope.get("root_path", "").removesuffix(URL_PREFIX))
+        store = _store()
         rows_by_dataset: dict[str, list[dict[str, Any]]] = {}
-        for row in _store().read_latest():
+        for row in store.read_latest():
             rows_by_dataset.setdefault(str(row.get("dataset")), []).append(row)
         if not rows_by_dataset:
             return HTMLResponse(
@@ -121,9 +122,9 @@ def create_app() -> FastAPI:
         rows = [row for row in rows_by_dataset[dataset] if str(row.get("config_hash")) == config_hash]
         return HTMLResponse(render_html(
             rows,
-            settings={"results store": _store().uri, "data set": dataset, "configuration hash": config_hash},
-            title=f"Model selection: {dataset}",
             plot_src="plot.png" + _query(dataset=dataset, config_hash=config_hash or ""),
+            settings={"results store": store.uri, "data set": dataset, "configuration hash": config_hash},
+            title=f"Model selection: {dataset}",
             links=links,
             preface=navigation(rows_by_dataset, dataset, config_hash or "", links) + FOLLOW_LINKS_IN_AIRFLOW,
         ))

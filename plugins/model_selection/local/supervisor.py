@@ -302,23 +302,24 @@ def detach_and_run(jobs_root: str, name: str) -> None:
     """Fork; the parent records the child's pid in the job, prints it and exits, so the child is
     nobody's zombie. The pid is recorded here, not by the caller, so that a caller killed while
     this starts (Airflow SIGKILLed mid-launch) cannot leave a running supervisor unrecorded."""
+    store = JobStore(jobs_root)
     child = os.fork()
     if child:
         import psutil
 
         create_time = psutil.Process(child).create_time()
-        JobStore(jobs_root).update_state(JobStore(jobs_root).tuning_dir(name), lambda state: state.update(
+        store.update_state(store.tuning_dir(name), lambda state: state.update(
             SupervisorPid=child, SupervisorCreateTime=create_time))
         print(child, flush=True)
         os._exit(0)
-    log_path = JobStore(jobs_root).tuning_dir(name) / "supervisor.log"
+    log_path = store.tuning_dir(name) / "supervisor.log"
     log_descriptor = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     null_descriptor = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null_descriptor, 0)
     os.dup2(log_descriptor, 1)
     os.dup2(log_descriptor, 2)
     try:
-        Supervisor(JobStore(jobs_root), name).run()
+        Supervisor(store, name).run()
     finally:
         sys.stdout.flush()
         os._exit(0)
