@@ -76,6 +76,7 @@ def top_layer_ratio(channels: Channels, base: dict, out: Path) -> tuple[float, f
 def tuning_job_ratio(channels: Channels, base: dict, out: Path) -> tuple[float, float, float]:
     """(d): a whole local tuning job (supervisor, two trainer processes, shared feature cache)."""
     from model_selection.backends.local import LocalSageMakerClient
+    from model_selection.metrics import metric_definitions
     from model_selection.tuning_request import LOCAL_ROLE_ARN, build_tuning_request, learning_rate_values
 
     static = {**base, "train_only_top_layer": "True", "epochs": "10"}
@@ -85,6 +86,7 @@ def tuning_job_ratio(channels: Channels, base: dict, out: Path) -> tuple[float, 
         channels={"training": channels.training.as_uri(), "validation": channels.validation.as_uri(),
                   "test": channels.test.as_uri()},
         role_arn=LOCAL_ROLE_ARN, output_path=(out / "jobs").as_uri(),
+        metric_definitions=metric_definitions(len(list(channels.training.iterdir())), binary=False),
     )
 
     def run_job() -> None:

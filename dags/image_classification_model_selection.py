@@ -1,7 +1,7 @@
 """Which image classifier should you fine-tune and deploy for your data set?
 
-Plan the study, then for each model launch a tuning job and wait for it, then collect
-every model's metrics and report the accuracy/throughput Pareto frontier.
+Plan the study, then in one lane per model launch a tuning job and wait for it, then
+collect every model's metrics and report the accuracy/throughput Pareto frontier.
 Only light imports here: the DAG processor parses this file often.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from airflow.sdk import Asset, Param, XComArg, dag, get_current_context, task
+from airflow.sdk import Asset, Param, XComArg, dag, get_current_context, task, task_group
 
 from model_selection.operators import TuningJobLaunchOperator
 from model_selection.sensors import TuningJobSensor
@@ -25,10 +25,12 @@ PARAMS = {
     "model_ids": Param(
         ["resnet10t", "regnetx_002", "lcnet_050", "mobilenetv3_small_100", "resnet18"],
         type="array", items={"type": "string"},
-        description="Model ids: timm names for the local backend, JumpStart ids for SageMaker.",
+        description="Model ids: timm names for the local backend, JumpStart ids for SageMaker. "
+                    "Ignored when model_list names a list.",
     ),
     "model_list": Param(None, type=["null", "string"],
-                        description="Also take the models of include/model_lists/NAME.txt (for example local-small)."),
+                        description="Replaces model_ids with the models of include/model_lists/NAME.txt "
+                                    "(for example local-small, or jumpstart-caltech256-frontier for SageMaker)."),
     "dataset": Param(
         {"name": "digits", "training": "include/datasets/digits/training",
          "validation": "include/datasets/digits/validation", "test": "include/datasets/digits/test"},
@@ -36,9 +38,13 @@ PARAMS = {
         description="name, training and optional validation and test: folders (local; relative to the project) "
                     "or s3:// prefixes (SageMaker), one sub-folder per class.",
     ),
-    "hyperparameters": Param(
+    "hyperparameters": Param({}, type="object",
+                             description="Overrides of the algorithm's defaults for every backend, as strings "
+                                         "(JumpStart names, checked against each model's own)."),
+    "local_hyperparameters": Param(
         {"pretrained": "false", "train_only_top_layer": "False", "image_size": "32"}, type="object",
-        description="Overrides of the algorithm's defaults, as strings (JumpStart names).",
+        description="Only for the local backend (never sent to SageMaker): the local trainer's settings, "
+                    "under hyperparameters.",
     ),
     "learning_rate_multipliers": Param([1.0, 0.2], type="array", items={"type": "number"},
                                        description="Learning rates tried: the default times each of these."),
@@ -47,11 +53,14 @@ PARAMS = {
     "instance_type": Param("ml.g4dn.xlarge", type="string", description="SageMaker training instance type."),
     "max_concurrent_tuning_jobs": Param(10, type="integer", minimum=1,
                                         description="At most this many of this study's tuning jobs in flight."),
+    "max_capacity_wait_hours": Param(24, type="number", exclusiveMinimum=0,
+                                     description="A launch waiting for capacity, quota or throttling fails after this long."),
     "results_uri": Param(None, type=["null", "string"], description="Results store: a folder or s3:// URI (empty: the default)."),
     "force": Param(False, type="boolean", description="Re-train models that already have results."),
     "role_arn": Param(None, type=["null", "string"], description="SageMaker execution role (empty: the model_selection_role_arn Variable)."),
     "output_path": Param(None, type=["null", "string"], description="SageMaker s3:// output path for model artifacts."),
     "aws_conn_id": Param("aws_default", type="string", description="Airflow AWS connection for SageMaker."),
+    "region_name": Param(None, type=["null", "string"], description="AWS region (empty: the connection's)."),
 }
 
 
@@ -73,16 +82,31 @@ PARAMS = {
 def image_classification_model_selection():
     @task
     def plan() -> list:
-        """Returns one launch per model to train; pushes the study's settings and client as XComs too."""
+        """Returns one launch per model to train; pushes the study's settings and hook parameters as XComs too."""
         from model_selection.dag_tasks import plan_task
 
         context = get_current_context()
         planned = plan_task(context["params"], PROJECT_ROOT)
         context["ti"].xcom_push(key="study", value=planned["study"])
-        context["ti"].xcom_push(key="client", value=planned["client"])
+        context["ti"].xcom_push(key="hook_params", value=planned["hook_params"])
         return planned["launches"]
 
-    @task(trigger_rule="all_done")  # after every wait, failed or not
+    @task_group(group_id="lane")
+    def lane(launch: dict) -> None:
+        """One model: its wait starts when its own launch returns, and its failure touches no other lane."""
+        # Map indexes name each model and say how it stands: the operators set the status in the context.
+        launched = TuningJobLaunchOperator(
+            task_id="launch", launch=launch, pool=LAUNCH_POOL,
+            map_index_template="{{ task.launch['model_id'] }} · attempt {{ task.launch['attempt'] }}"
+                               "{% if launch_status is defined %} · {{ launch_status }}{% endif %}",
+        )
+        TuningJobSensor(
+            task_id="wait", job=launched.output,
+            map_index_template="{{ task.job['model_id'] }} · {{ task.job['job_name'] }}"
+                               "{% if job_status is defined %} · {{ job_status }}{% endif %}",
+        )
+
+    @task(trigger_rule="all_done")  # after every lane, failed or not
     def collect_metrics() -> dict:
         from model_selection.dag_tasks import collect_task
 
@@ -100,19 +124,9 @@ def image_classification_model_selection():
 
     launches = plan()
     study = XComArg(launches.operator, key="study")
-    # Map indexes name each model and say how it stands: the operators set the status in the context.
-    launched = TuningJobLaunchOperator.partial(
-        task_id="launch", pool=LAUNCH_POOL,
-        map_index_template="{{ task.launch['model_id'] }} · attempt {{ task.launch['attempt'] }}"
-                           "{% if launch_status is defined %} · {{ launch_status }}{% endif %}",
-    ).expand(launch=launches)
-    waited = TuningJobSensor.partial(
-        task_id="wait",
-        map_index_template="{{ task.job['model_id'] }} · {{ task.job['job_name'] }}"
-                           "{% if job_status is defined %} · {{ job_status }}{% endif %}",
-    ).expand(job=launched.output)
+    lanes = lane.expand(launch=launches)
     collected = collect_metrics()
-    [launches, waited] >> collected
+    [launches, lanes] >> collected
     frontier_report(study, collected)
 
 

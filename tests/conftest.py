@@ -68,6 +68,63 @@ def hooked(monkeypatch):
     return handlers
 
 
+class SageMakerContract:
+    """Holds every SageMaker request a botocore client sends to SageMaker's whole service model.
+
+    botocore checks types, required members and minimums; SageMaker also refuses what breaks a
+    maximum, pattern or enum, and moto (the suite's SageMaker) refuses none of it. A refused
+    request raises AssertionError before it is sent, and is kept in `violations`, so the test
+    fails at teardown even where the code under test swallows the error. A test that sends a bad
+    request on purpose clears `violations` once it has seen the refusal.
+    """
+
+    PARAMS = "model_selection.contract.params"
+
+    def __init__(self) -> None:
+        self.violations: list[str] = []
+
+    def keep_params(self, params, context, **kwargs) -> None:
+        context[self.PARAMS] = params  # the caller's parameters; before-call sees them serialized
+
+    def check(self, model, context, **kwargs) -> None:
+        from model_selection.backends.api import request_problems
+
+        if model.service_model.service_name != "sagemaker" or self.PARAMS not in context:
+            return
+        problems = request_problems(model.name, context[self.PARAMS])
+        if problems:
+            message = f"SageMaker would refuse this {model.name} request: " + "; ".join(problems)
+            self.violations.append(message)
+            raise AssertionError(message)
+
+    def hook(self, client) -> None:
+        client.meta.events.register("before-parameter-build.sagemaker.*", self.keep_params)
+        client.meta.events.register("before-call.sagemaker.*", self.check)
+
+    def unhook(self, client) -> None:
+        client.meta.events.unregister("before-parameter-build.sagemaker.*", self.keep_params)
+        client.meta.events.unregister("before-call.sagemaker.*", self.check)
+
+
+@pytest.fixture(autouse=True)
+def sagemaker_contract(monkeypatch):
+    """Every botocore client made during a test checks its SageMaker requests (SageMakerContract)."""
+    import botocore.session
+
+    contract = SageMakerContract()
+    create_client = botocore.session.Session.create_client
+
+    def create_and_check(self, *args, **kwargs):
+        client = create_client(self, *args, **kwargs)
+        contract.hook(client)
+        return client
+
+    monkeypatch.setattr(botocore.session.Session, "create_client", create_and_check)
+    yield contract
+    if contract.violations:
+        pytest.fail("\n".join(contract.violations), pytrace=False)
+
+
 def run_trainer(arguments: list[str], env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """The trainer as SageMaker or the local backend runs it: a separate process."""
     environment = {**os.environ, "PYTHONPATH": str(PLUGINS), "HF_HUB_OFFLINE": "1", **(env or {})}

@@ -58,17 +58,19 @@ def jumpstart_log(model_id: str, learning_rate: float) -> str:
 
 class FakeSageMaker:
     def __init__(self, run_seconds: float = 1.0, failing: tuple[str, ...] = (), missing_metrics: tuple[str, ...] = (),
-                 stopped_in_console: tuple[str, ...] = ()):
+                 stopped_in_console: tuple[str, ...] = (), run_seconds_by_model: dict[str, float] | None = None):
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.server.start()
         host, port = self.server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
         urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST"))  # moto keeps state per process
         self.run_seconds = run_seconds
+        self.run_seconds_by_model = dict(run_seconds_by_model or {})  # model id -> its jobs' run time, if not run_seconds
         self.failing = failing
         self.missing_metrics = missing_metrics  # left out of FinalMetricDataList: only the log has them
         self.started: dict[str, float] = {}
         self.stop_requested: set[str] = set()
+        self.finish_requested: set[str] = set()
         self.stopped_in_console = stopped_in_console  # model ids whose jobs someone stops as soon as they run
         self._stop = threading.Event()
         self._patch_new_jobs_to_start_in_progress()
@@ -125,6 +127,10 @@ class FakeSageMaker:
         """What a person stopping the job in the SageMaker console leads to."""
         self.stop_requested.add(name)
 
+    def finish_now(self, name: str) -> None:
+        """Let the job complete (as it would after its run time) at the driver's next pass."""
+        self.finish_requested.add(name)
+
     # -- the driver -----------------------------------------------------------------------------
     def _drive(self) -> None:
         while not self._stop.is_set():
@@ -134,7 +140,8 @@ class FakeSageMaker:
                 self.started.setdefault(name, time.monotonic())
                 if name in self.stop_requested or _model_id(job) in self.stopped_in_console:
                     self._end(job, "Stopped", "Stopped by a user in the console")
-                elif time.monotonic() - self.started[name] >= self.run_seconds:
+                elif name in self.finish_requested or time.monotonic() - self.started[name] >= \
+                        self.run_seconds_by_model.get(_model_id(job), self.run_seconds):
                     self._finish(job)
             time.sleep(0.05)
 

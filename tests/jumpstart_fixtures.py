@@ -175,3 +175,108 @@ def upload_jumpstart_metadata(root: Path, s3_client: Any, region: str = "us-west
         s3_client.put_object(Bucket=bucket, Key=path.relative_to(root).as_posix(), Body=path.read_bytes())
     s3_client.put_object(Bucket=bucket, Key="proprietary-sdk-manifest.json", Body=json.dumps(PROPRIETARY_MANIFEST))
     return bucket
+
+
+# -- the Airflow AWS connection, and a moto server that checks credentials ---------------------------
+
+def aws_connection(endpoint: str | None = None, login: str | None = "testing", password: str | None = "testing",
+                   region: str | None = "us-west-2", **extra: Any) -> str:
+    """An Airflow AWS connection as AIRFLOW_CONN_... takes it (JSON)."""
+    extra = {**({"region_name": region} if region else {}), **({"endpoint_url": endpoint} if endpoint else {}), **extra}
+    connection: dict[str, Any] = {"conn_type": "aws", "extra": extra}
+    if login is not None:
+        connection.update(login=login, password=password)
+    return json.dumps(connection)
+
+
+def enforce_moto_auth(monkeypatch: Any, iam_client: Any, allowed: dict[str, list[str]]) -> dict[str, tuple[str, str]]:
+    """Creates one IAM user per entry of `allowed` (name -> allowed S3 resource ARNs, every s3 action), then
+    makes the in-process moto server check every request's access key, signature and permissions.
+
+    Returns name -> (access key id, secret). Undone by monkeypatch at the end of the test.
+    """
+    import moto.settings
+    from moto.core.authorization import ActionAuthenticatorMixin
+
+    keys = {}
+    for name, resources in allowed.items():
+        iam_client.create_user(UserName=name)
+        if resources:
+            policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": resources}]}
+            iam_client.put_user_policy(UserName=name, PolicyName="s3", PolicyDocument=json.dumps(policy))
+        key = iam_client.create_access_key(UserName=name)["AccessKey"]
+        keys[name] = (key["AccessKeyId"], key["SecretAccessKey"])
+    monkeypatch.setattr(ActionAuthenticatorMixin, "request_count", 0)
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    return keys
+
+
+def write_bogus_default_chain(root: Path, monkeypatch: Any) -> str:
+    """Environment credentials and an AWS_PROFILE (which exists, in a credentials file) that AWS refuses.
+
+    Whatever reads boto3's default chain gets these; returns their access key id prefix.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "credentials").write_text("[elsewhere]\naws_access_key_id = BOGUSPROFILEKEY\n"
+                                      "aws_secret_access_key = bogus\n")
+    (root / "config").write_text("[profile elsewhere]\nregion = eu-west-1\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(root / "credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(root / "config"))
+    monkeypatch.setenv("AWS_PROFILE", "elsewhere")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "BOGUSENVKEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "bogus")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    return "BOGUS"
+
+
+class S3Requests:
+    """Every S3 request any botocore client sends from now on: (operation, access key id), or an answer to it.
+
+    `answer[operation] = (status, code, message)` returns that S3 error (XML, as S3 sends it) instead
+    of sending the request, so botocore parses it exactly as a real one.
+    """
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str | None]] = []
+        self.answer: dict[str, tuple[int, str, str]] = {}
+
+    def install(self, monkeypatch: Any) -> "S3Requests":
+        import botocore.session
+
+        create_client = botocore.session.Session.create_client
+
+        def create_and_hook(session: Any, *args: Any, **kwargs: Any) -> Any:
+            client = create_client(session, *args, **kwargs)
+            client.meta.events.register("before-send.s3.*", self)
+            return client
+
+        monkeypatch.setattr(botocore.session.Session, "create_client", create_and_hook)
+        return self
+
+    def __call__(self, request: Any, event_name: str, **kwargs: Any) -> Any:
+        import re
+
+        from botocore.awsrequest import AWSResponse
+
+        operation = event_name.rsplit(".", 1)[-1]
+        authorization = request.headers.get("Authorization") or b""
+        authorization = authorization.decode() if isinstance(authorization, bytes) else authorization
+        found = re.search(r"Credential=([^/]+)/", authorization)
+        self.sent.append((operation, found.group(1) if found else None))
+        if operation in self.answer:
+            status, code, message = self.answer[operation]
+            body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code><Message>{message}</Message>'
+                    "<RequestId>4442587FB7D0A2F9</RequestId></Error>").encode()
+            return AWSResponse(request.url, status, {"Content-Type": "application/xml"}, _Body(body))
+        return None
+
+    def keys(self) -> set[str | None]:
+        return {key for _, key in self.sent}
+
+
+class _Body:
+    def __init__(self, body: bytes):
+        self.body = body
+
+    def stream(self, **kwargs: Any) -> Any:
+        yield self.body

@@ -43,7 +43,7 @@ print(sorted(task.task_id for task in dag.tasks))
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
                             env={**airflow_environment(Path("/tmp/unused"), Path("/tmp/unused"), Path("/tmp/unused"))})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "['collect_metrics', 'frontier_report', 'launch', 'plan', 'wait']" in result.stdout
+    assert "['collect_metrics', 'frontier_report', 'lane.launch', 'lane.wait', 'plan']" in result.stdout
 
 
 @pytest.fixture(scope="module")

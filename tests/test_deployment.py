@@ -344,14 +344,23 @@ for name in {HEAVY_MODULES!r}:
     sys.modules[name] = None  # the image has none of these
 spec = importlib.util.spec_from_file_location("dag_file", {str(ROOT / "dags" / "image_classification_model_selection.py")!r})
 spec.loader.exec_module(importlib.util.module_from_spec(spec))
-for module in ("planning", "dag_tasks", "operators", "sensors", "triggers", "collection", "report", "results",
-               "backends.sagemaker", "backends.jumpstart"):
+for module in ("planning", "dag_tasks", "hooks", "operators", "sensors", "triggers", "collection", "report",
+               "results", "lanes", "ui", "backends.sagemaker", "backends.jumpstart"):
     importlib.import_module("model_selection." + module)
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-from model_selection.backends.sagemaker import sagemaker_client
+from model_selection.hooks import tuning_job_hook
 wrapper = AwsBaseHook(aws_conn_id="aws_default", client_type="sagemaker").conn_config
-client = sagemaker_client("aws_default")
-print(json.dumps({{"retries": client.meta.config.retries, "region": client.meta.region_name,
+client = tuning_job_hook(dict(backend="sagemaker", aws_conn_id="aws_default", region_name=None)).conn
+from model_selection.planning import plan_study
+from model_selection.study import StudyError
+try:
+    plan_study({{"backend": "local", "model_ids": ["resnet18"], "results_uri": {str(tmp_path / "results")!r},
+                "dataset": {{"name": "d", "training": {str(tmp_path)!r}}}}}, __import__("pathlib").Path({str(ROOT)!r}),
+               {str(tmp_path / "jobs")!r})
+    local_plan = "planned"
+except StudyError as error:
+    local_plan = str(error)
+print(json.dumps({{"local_plan": local_plan, "retries": client.meta.config.retries, "region": client.meta.region_name,
                   "keys_in_connection": [wrapper.aws_access_key_id, wrapper.aws_secret_access_key]}}))
 """
     plugins = ROOT / "plugins"
@@ -368,3 +377,5 @@ print(json.dumps({{"retries": client.meta.config.retries, "region": client.meta.
     assert seen["retries"].get("mode") == "adaptive", seen
     assert seen["retries"].get("total_max_attempts", 0) >= 10, seen
     assert seen["keys_in_connection"] == [None, None], seen
+    # a worker without PyTorch: backend local is a plan problem naming what is missing, not an ImportError
+    assert "lacks torch, torchvision, timm (requirements-local.txt)" in seen["local_plan"], seen

@@ -17,6 +17,7 @@ from conftest import write_image_folders
 from model_selection.backends.local import LocalSageMakerClient
 from model_selection.local.jobstore import now
 from model_selection.local.strategy import StrategyError, plan_trials
+from model_selection.metrics import metric_definitions
 from model_selection.tuning_request import LOCAL_ROLE_ARN, build_tuning_request, learning_rate_values
 
 TINY_STATIC = {"model_id": "test_efficientnet", "pretrained": "false", "image_size": "16", "batch_size": "8",
@@ -45,6 +46,7 @@ def request(name: str, channels: dict[str, Path], static: dict | None = None, ra
         channels={channel: path.as_uri() for channel, path in channels.items()},
         role_arn=LOCAL_ROLE_ARN,
         output_path=(root or Path("/tmp")).as_uri(),
+        metric_definitions=metric_definitions(3, False),  # the data sets here have 3 classes
     )
 
 

@@ -12,11 +12,13 @@ summary).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import json
 import os
 import secrets
+import shutil
 import signal
 import sqlite3
 import string
@@ -31,20 +33,21 @@ from typing import TypeVar
 import psutil
 import pytest
 from airflow.sdk.exceptions import TaskDeferred
-from airflow_env import airflow_environment, dags_test, dags_test_process, migrate
+from airflow_env import DAG_ID, airflow_environment, dags_test, dags_test_process, migrate
 from botocore.awsrequest import AWSResponse
 from conftest import write_image_folders
 from fake_sagemaker import ROLE, Throttle, _Raw, serving
 from test_dag import TINY
 
-from model_selection.backends import get_client
 from model_selection.backends.local import LocalSageMakerClient
 from model_selection.collection import collect_row
 from model_selection.dag_tasks import plan_task
+from model_selection.hooks import tuning_job_hook
 from model_selection.local.jobstore import JobStore, read_json
 from model_selection.operators import TuningJobLaunchOperator
 from model_selection.results import ResultsStore
 from model_selection.triggers import TuningJobTrigger
+from model_selection.tuning_request import build_tuning_request
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CURATED = [line.strip() for line in (PROJECT_ROOT / "include" / "model_lists" / "jumpstart-caltech256-frontier.txt")
@@ -58,37 +61,76 @@ def record(fault: str, **figures) -> None:
     FIGURES.append({"fault": fault, **figures})
 
 
-def run_study(tmp_path: Path, models: list[str], max_concurrent: int = 100) -> dict:
-    """Plan, launch (re-running deferred launches), wait for all at once, collect into a store."""
-    params = {"backend": "sagemaker", "model_ids": models, "role_arn": ROLE, "output_path": "s3://study-data/output",
-              "dataset": {"name": "pets", "training": "s3://study-data/pets/training"},
-              "max_concurrent_tuning_jobs": max_concurrent, "results_uri": str(tmp_path / "results")}
-    planned = plan_task(params, tmp_path)
-    jobs, deferrals = [], 0
+def study_params(tmp_path: Path, models: list[str], max_concurrent: int = 100) -> dict:
+    return {"backend": "sagemaker", "model_ids": models, "role_arn": ROLE, "output_path": "s3://study-data/output",
+            "dataset": {"name": "pets", "training": "s3://study-data/pets/training"},
+            "max_concurrent_tuning_jobs": max_concurrent, "results_uri": str(tmp_path / "results")}
+
+
+def launch_all(planned: dict) -> tuple[list[dict], Counter]:
+    """Each launch through the operator, re-run after each deferral as Airflow would (sooner: 0.2 s);
+    returns what each launch returned and the deferrals per model."""
+    jobs, deferrals = [], Counter()
     for launch in planned["launches"]:
         kwargs: dict = {}
         while True:
             try:
-                jobs.append(TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT, **kwargs))
+                jobs.append(TuningJobLaunchOperator(task_id="launch", launch=launch).execute(dict(CONTEXT), **kwargs))
                 break
             except TaskDeferred as deferred:  # Airflow would resume it after the trigger fires
-                deferrals += 1
+                deferrals[launch["model_id"]] += 1
                 kwargs = deferred.kwargs
                 time.sleep(0.2)
+    return jobs, deferrals
 
-    async def wait_all():
+
+def wait_all(jobs: list[dict]) -> list[dict]:
+    """Every job's trigger at once, in one event loop as in the triggerer; the first event of each."""
+    async def wait():
         async def first(job):
-            async for event in TuningJobTrigger(job["job_name"], job["client"], 0.2, time.time() + 300).run():
+            async for event in TuningJobTrigger(job["job_name"], job["hook_params"], 0.2, time.time() + 300).run():
                 return event.payload
 
         return await asyncio.gather(*(first(job) for job in jobs))
 
-    events = asyncio.run(wait_all())
-    client = get_client(**planned["client"])
-    rows = [collect_row(client, launch, planned["study"], "manual__reliability") for launch in planned["launches"]]
-    store = ResultsStore(str(tmp_path / "results"))
-    store.append(rows, run_id="manual__reliability")
-    return {"planned": planned, "events": events, "rows": store.read_latest(dataset="pets"), "deferrals": deferrals}
+    return asyncio.run(wait())
+
+
+def collect(tmp_path: Path, planned: dict, run_id: str = CONTEXT["run_id"]) -> dict[str, dict]:
+    """One row per planned model, written to the store as the run's collection; the rows by model."""
+    hook = tuning_job_hook(planned["hook_params"])
+    rows = [collect_row(hook, launch, planned["study"], run_id) for launch in planned["launches"]]
+    ResultsStore(str(tmp_path / "results")).append(rows, run_id=run_id, batch="collected")
+    return {row["model_id"]: row for row in rows}
+
+
+def run_study(tmp_path: Path, models: list[str], max_concurrent: int = 100) -> dict:
+    """Plan, launch (re-running deferred launches), wait for all at once, collect into a store."""
+    planned = plan_task(study_params(tmp_path, models, max_concurrent), tmp_path)
+    jobs, deferrals = launch_all(planned)
+    events = wait_all(jobs)
+    collect(tmp_path, planned)
+    return {"planned": planned, "events": events, "rows": ResultsStore(str(tmp_path / "results")).read_latest(dataset="pets"),
+            "deferrals": sum(deferrals.values()), "deferred": deferrals}
+
+
+@contextlib.contextmanager
+def peak_in_flight(fake, every: float = 0.02):
+    """The most tuning jobs InProgress in moto at once while the block runs (a one-item list)."""
+    peak, done = [0], threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], fake.in_flight())
+            time.sleep(every)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        watcher.join()
 
 
 def duplicates(fake, models: list[str]) -> int:
@@ -101,7 +143,7 @@ def test_throttling_of_create_and_describe_across_21_models(tmp_path, monkeypatc
         throttle = Throttle(("CreateHyperParameterTuningJob", "DescribeHyperParameterTuningJob"))
         hooked.append(throttle)
         study = run_study(tmp_path, CURATED)
-        completed = sum(event["status"] == "success" for event in study["events"])
+        completed = sum(event["outcome"] == "success" for event in study["events"])
         record("throttling (every other create and describe)", models=len(CURATED),
                faults=sum(throttle.throttled.values()), completed=completed,
                duplicates=duplicates(fake, CURATED), lost=len(CURATED) - len(study["rows"]))
@@ -109,7 +151,26 @@ def test_throttling_of_create_and_describe_across_21_models(tmp_path, monkeypatc
         assert throttle.throttled["CreateHyperParameterTuningJob"] >= 10
 
 
+def test_the_operator_keeps_the_study_to_its_cap_where_the_service_allows_more(tmp_path, monkeypatch):
+    """max_concurrent_tuning_jobs=3 over 8 models, against a service that refuses nothing: only the
+    launch operator's own count of the study's jobs in flight can hold the fourth back."""
+    models = CURATED[:8]
+    with serving(tmp_path, monkeypatch, models, run_seconds=1.0) as fake:
+        with peak_in_flight(fake) as peak:
+            study = run_study(tmp_path, models, max_concurrent=3)
+        completed = sum(event["outcome"] == "success" for event in study["events"])
+        held = len(study["deferred"])  # launches that found the study at its cap, at least once
+        record(f"in-flight cap of 3, kept by the operator (service allows more; peak {peak[0]})", models=len(models),
+               faults=held, completed=completed, duplicates=duplicates(fake, models),
+               lost=len(models) - len(study["rows"]))
+        assert peak[0] == 3, f"{peak[0]} tuning jobs were in flight at once; the study's cap is 3"
+        assert held >= 2 and not set(study["deferred"]) & set(models[:3])
+        assert completed == len(models) and duplicates(fake, models) == 0 and len(study["rows"]) == len(models)
+
+
 def test_resource_limit_exceeded_beyond_three_jobs_in_flight(tmp_path, monkeypatch, hooked):
+    """The service's own answer (ResourceLimitExceeded past 3 in flight; the study's cap is 100): the
+    operator backs off and launches each model once, when the service accepts it."""
     models = CURATED[:8]
     with serving(tmp_path, monkeypatch, models, run_seconds=3.0) as fake:
         refused = []
@@ -122,23 +183,12 @@ def test_resource_limit_exceeded_beyond_three_jobs_in_flight(tmp_path, monkeypat
             return None
 
         hooked.append(quota)
-        peak, done = [0], threading.Event()
-
-        def watch():
-            while not done.is_set():
-                peak[0] = max(peak[0], fake.in_flight())
-                time.sleep(0.02)
-
-        watcher = threading.Thread(target=watch)
-        watcher.start()
-        try:
+        with peak_in_flight(fake) as peak:
             study = run_study(tmp_path, models)
-        finally:
-            done.set()
-            watcher.join()
-        completed = sum(event["status"] == "success" for event in study["events"])
-        record("quota (ResourceLimitExceeded above 3 in flight)", models=len(models), faults=len(refused),
-               completed=completed, duplicates=duplicates(fake, models), lost=len(models) - len(study["rows"]))
+        completed = sum(event["outcome"] == "success" for event in study["events"])
+        record("quota: the service answers ResourceLimitExceeded past 3 in flight", models=len(models),
+               faults=len(refused), completed=completed, duplicates=duplicates(fake, models),
+               lost=len(models) - len(study["rows"]))
         assert completed == len(models) and duplicates(fake, models) == 0 and len(refused) >= 2
         assert peak[0] <= 3
 
@@ -156,28 +206,133 @@ def test_a_failing_and_a_stopped_model_do_not_stop_the_others(tmp_path, monkeypa
         assert set(statuses.values()) == {"Completed"}
 
 
-def _write_rows(uri: str, writer: int) -> None:
+def _write_rows(uri: str, writer: int, start=None) -> None:
+    if start is not None:
+        start.wait()
     store = ResultsStore(uri)
     for batch in range(20):
         store.append([{"dataset": "d", "model_id": f"w{writer}-{batch}-{k}", "config_hash": "c", "status": "Completed",
                        "finished_at": str(batch)} for k in range(5)], run_id=f"writer-{writer}")
 
 
-def test_results_store_under_concurrent_writers_and_a_killed_write(tmp_path):
+KILLED_BATCH_ROWS = 100_000
+
+
+def _killed_row(index: int) -> dict:
+    """Rows of one length (about 300 bytes), so the batch's size is known without writing it."""
+    return {"dataset": "d", "model_id": f"killed-{index:06d}", "config_hash": "c", "status": "Completed",
+            "finished_at": "0", "padding": "x" * 200}
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _write_one_large_batch(uri: str, start) -> None:
+    start.wait()
+    ResultsStore(uri).append([_killed_row(index) for index in range(KILLED_BATCH_ROWS)], run_id="killed-writer")
+
+
+def test_results_store_under_concurrent_writers_and_a_killed_write(tmp_path, caplog):
+    """Four writer processes append 400 rows while a fifth, appending one ~30 MB batch, is SIGKILLed
+    while its hidden temporary file is on disk: no row of the others is lost, none is torn, and the
+    killed batch is wholly absent."""
     import multiprocessing
 
     uri = str(tmp_path / "store")
-    writers = [multiprocessing.Process(target=_write_rows, args=(uri, writer)) for writer in range(4)]
+    folder = tmp_path / "store" / "rows" / "d"
+    folder.mkdir(parents=True)
+    batch_bytes = KILLED_BATCH_ROWS * (len(json.dumps(_killed_row(0), sort_keys=True)) + 1)
+    kills = []  # (bytes of the batch on disk at the kill, whether its temporary file outlived the kill)
+    for _attempt in range(3):  # the write lasts a fraction of a second: try again if the poll missed it
+        start = multiprocessing.Event()
+        writers = [multiprocessing.Process(target=_write_rows, args=(uri, writer, start)) for writer in range(4)]
+        killed = multiprocessing.Process(target=_write_one_large_batch, args=(uri, start))
+        for process in [killed, *writers]:
+            process.start()
+        start.set()
+        temporary = None
+        while killed.is_alive() and temporary is None:  # the batch's temporary file, once it has some rows
+            temporary = next((folder / name for name in os.listdir(folder) if name.startswith(".killed-writer-")
+                              and name.endswith(".tmp") and _size(folder / name)), None)
+            if temporary is None:
+                time.sleep(0.0005)
+        if temporary is not None:
+            os.kill(killed.pid, signal.SIGKILL)
+        killed.join()
+        for process in writers:
+            process.join()
+        if temporary is not None:
+            kills.append((temporary.stat().st_size if temporary.exists() else batch_bytes, temporary.exists()))
+        if kills and kills[-1][1]:
+            break
+        for path in folder.glob("killed-writer-*.jsonl"):  # the write finished before the kill: start again
+            path.unlink()
+        for path in folder.glob("writer-*.jsonl"):
+            path.unlink()
+    assert kills and kills[-1][1], f"no writer was killed while its temporary file existed: {kills}"
+    written, _ = kills[-1]
+
+    caplog.clear()
+    rows = ResultsStore(uri).read_all()
+    killed_rows = [row for row in rows if row["model_id"].startswith("killed-")]
+    others = {row["model_id"] for row in rows} - {row["model_id"] for row in killed_rows}
+    record(f"results store: 4 concurrent writers, 1 writer SIGKILLed mid-write ({written / 2**20:.1f} of "
+           f"{batch_bytes / 2**20:.0f} MiB on disk)", models=400, faults=1, completed=len(others),
+           duplicates=len(rows) - len(killed_rows) - len(others), lost=400 - len(others))
+    assert killed.exitcode == -signal.SIGKILL
+    assert 0 < written and written <= batch_bytes
+    assert others == {f"w{writer}-{batch}-{k}" for writer in range(4) for batch in range(20) for k in range(5)}
+    assert len(rows) - len(killed_rows) == 400
+    assert len(killed_rows) in (0, KILLED_BATCH_ROWS)  # never part of a batch
+    assert killed_rows == [] and not list(folder.glob("killed-writer-*.jsonl"))  # killed before its rename
+    for path in folder.glob("*.jsonl"):  # no torn line anywhere a reader looks
+        for line in path.read_text().splitlines():
+            json.loads(line)
+    assert "malformed" not in caplog.text
+
+
+def _write_same_keys(uri: str, writer: int, start) -> None:
+    start.wait()
+    store = ResultsStore(uri)
+    for batch in range(20):
+        store.append([{"dataset": "same", "model_id": f"m{k}", "config_hash": "c", "status": "Completed",
+                       "writer": writer, "batch": batch,
+                       "finished_at": f"{dt.datetime.now(dt.timezone.utc).isoformat()}#{writer}"} for k in range(10)],
+                     run_id=f"writer-{writer}")
+
+
+def test_results_store_writers_racing_on_the_same_keys(tmp_path):
+    """Four processes append rows of the same ten (dataset, model_id, config_hash) keys at once: every
+    row is kept, and the latest per key is the one that finished last."""
+    import multiprocessing
+
+    uri = str(tmp_path / "store")
+    start = multiprocessing.Event()
+    writers = [multiprocessing.Process(target=_write_same_keys, args=(uri, writer, start)) for writer in range(4)]
     for process in writers:
         process.start()
+    start.set()
     for process in writers:
         process.join()
-    killed = tmp_path / "store" / "rows" / "d" / ".writer-9-killed.jsonl.tmp"
-    killed.write_text('{"dataset": "d", "model_id": "torn')
-    rows = ResultsStore(uri).read_latest(dataset="d")
-    record("results store: 4 concurrent writers, 1 write killed midway", models=400, faults=1, completed=len(rows),
-           duplicates=0, lost=400 - len(rows))
-    assert len(rows) == 400
+    store = ResultsStore(uri)
+    rows = store.read_all()
+    latest = store.read_latest(dataset="same")
+    written = {(writer, batch, k) for writer in range(4) for batch in range(20) for k in range(10)}
+    kept = {(row["writer"], row["batch"], int(row["model_id"][1:])) for row in rows}
+    expected_latest = {f"m{k}": max((row for row in rows if row["model_id"] == f"m{k}"),
+                                    key=lambda row: row["finished_at"]) for k in range(10)}
+    record("results store: 4 writers racing on the same 10 keys (800 rows)", models=10, faults=4,
+           completed=len(latest), duplicates=len(latest) - len({row["model_id"] for row in latest}),
+           lost=len(written - kept))
+    assert all(process.exitcode == 0 for process in writers)
+    assert len(rows) == len(written) and kept == written
+    assert [row["model_id"] for row in latest] == [f"m{k}" for k in range(10)]
+    assert all(row == expected_latest[row["model_id"]] for row in latest)
+    assert len({row["finished_at"] for row in rows}) == len(rows)  # so "the latest" is unambiguous
 
 
 # -- Real Airflow on the local backend ------------------------------------------------------------
@@ -272,13 +427,29 @@ class KilledStudy:
 
 
 @pytest.fixture(scope="module")
-def killed_study(tmp_path_factory) -> KilledStudy:
+def migrated_database(tmp_path_factory) -> Path:
+    """A metadata database migrated once, with the project's pools, for this module's Airflow homes."""
+    root = tmp_path_factory.mktemp("migrated")
+    migrate(airflow_environment(root / "home", root / "jobs", root / "results"))
+    return root / "home" / "airflow.db"
+
+
+def airflow_home(home: Path, migrated_database: Path) -> Path:
+    """A new Airflow home whose metadata database is a copy of the migrated one (the file is the whole
+    database; `airflow.cfg` is written anew for this home on first use)."""
+    home.mkdir(parents=True)
+    shutil.copyfile(migrated_database, home / "airflow.db")
+    return home
+
+
+@pytest.fixture(scope="module")
+def killed_study(tmp_path_factory, migrated_database) -> KilledStudy:
     root = tmp_path_factory.mktemp("killed")
     canaries = {"access key id": "AKIA" + canary(16, string.ascii_uppercase + string.digits),
                 "secret access key": canary(40), "session token": canary(64), "connection password": canary(24)}
-    environment = {**airflow_environment(root / "home", root / "jobs", root / "results"),
+    environment = {**airflow_environment(airflow_home(root / "home", migrated_database), root / "jobs",
+                                         root / "results"),
                    **credential_environment(canaries)}
-    migrate(environment)
     for channel, seed in (("training", 1), ("validation", 2), ("test", 3)):
         write_image_folders(root / "data" / channel, classes=3, per_class=8 if channel == "training" else 4, seed=seed)
     conf = {"model_ids": KILLED_STUDY_MODELS, "learning_rate_multipliers": [1.0], "hyperparameters": TINY,
@@ -399,6 +570,55 @@ def test_credentials_leak_into_no_xcom_log_result_report_or_job_file(killed_stud
     trainer_logs = list((killed_study.jobs_root / "training-jobs").glob("*/log.txt"))
     assert len(trainer_logs) == len(killed_study.models)
     rerun = killed_study.output("rerun")  # `airflow dags test` prints the task logs; it writes none under logs/
-    assert all(f"end task task_id={task}" in rerun for task in ("plan", "launch", "wait", "collect_metrics",
+    assert all(f"end task task_id={task}" in rerun for task in ("plan", "lane.launch", "lane.wait", "collect_metrics",
                                                                 "frontier_report"))
     assert not leaks, "credentials leaked:\n" + "\n".join(leaks)
+
+
+# -- Real Airflow against moto's SageMaker endpoint -----------------------------------------------
+
+
+def task_states(database: Path) -> dict[tuple[str, int], str]:
+    """(task_id, map_index) -> state of every task instance of the project's DAG, from the metadata database."""
+    with sqlite3.connect(database) as connection:
+        rows = connection.execute("SELECT task_id, map_index, state FROM task_instance WHERE dag_id = ?",
+                                  (DAG_ID,)).fetchall()
+    return {(task_id, map_index): state for task_id, map_index, state in rows}
+
+
+def test_one_launch_failing_for_good_among_six_fails_no_other_lane(tmp_path, monkeypatch, migrated_database):
+    """Real `airflow dags test` of six models against moto, where one model's job name is already taken
+    by a tuning job of another configuration (created before the run, from another model's request):
+    that launch fails at once (no retry can free the name) and the five other lanes launch, wait and
+    complete; collection and the report still run."""
+    models = CURATED[:6]
+    with serving(tmp_path, monkeypatch, models, run_seconds=1.0) as fake:
+        conf = study_params(tmp_path, models)
+        planned = plan_task(conf, PROJECT_ROOT)  # the names the DAG's plan gives the models
+        victim, other = planned["launches"][2], planned["launches"][4]
+        impostor = build_tuning_request(victim["job_name"], **other["spec"])
+        fake.client("sagemaker").create_hyper_parameter_tuning_job(**impostor)
+        environment = airflow_environment(airflow_home(tmp_path / "home", migrated_database), tmp_path / "jobs",
+                                          tmp_path / "results")
+        run = dags_test(environment, conf, timeout=300)
+        output = run.stdout + run.stderr
+        states = task_states(tmp_path / "home" / "airflow.db")
+        rows = {row["model_id"]: row for row in ResultsStore(str(tmp_path / "results")).read_latest(dataset="pets")}
+        jobs = fake.backend.hyper_parameter_tuning_jobs
+        victim_index = victim["map_index"]
+        completed = sum(row["status"] == "Completed" for model, row in rows.items() if model != victim["model_id"])
+        record("one model's launch failing for good among six (real Airflow)", models=len(models), faults=1,
+               completed=completed, duplicates=len(jobs) - len(models), lost=len(set(models) - set(rows)))
+        (tmp_path / "dags-test.log").write_text(output)
+        assert states[("lane.launch", victim_index)] == "failed", output[-4000:]
+        assert "was not launched with this configuration" in output
+        assert states[("lane.wait", victim_index)] == "upstream_failed"
+        others = [index for index in range(len(models)) if index != victim_index]
+        assert [states[("lane.launch", index)] for index in others] == ["success"] * 5
+        assert [states[("lane.wait", index)] for index in others] == ["success"] * 5  # none upstream_failed
+        assert states[("collect_metrics", -1)] == "success" and states[("frontier_report", -1)] == "success"
+        assert sorted(rows) == sorted(models) and completed == 5
+        # the name's job is not the victim's: its row must not carry that job's results
+        assert jobs[victim["job_name"]].training_job_definition["StaticHyperParameters"]["model_id"] == other["model_id"]
+        assert rows[victim["model_id"]]["status"] != "Completed", rows[victim["model_id"]]
+        assert len(jobs) == len(models)  # five launched, plus the one that was there: nothing launched twice

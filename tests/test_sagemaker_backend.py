@@ -18,6 +18,7 @@ from model_selection.backends import jumpstart
 from model_selection.backends.api import request_problems
 from model_selection.collection import THROUGHPUT_MEASURES, collect_row
 from model_selection.dag_tasks import plan_task
+from model_selection.hooks import tuning_job_hook
 from model_selection.operators import TuningJobLaunchOperator
 from model_selection.sensors import TuningJobSensor
 from model_selection.triggers import TuningJobTrigger
@@ -55,7 +56,7 @@ def test_the_tuning_request_is_the_notebooks_and_botocore_accepts_it(fake, tmp_p
     launches = plan(tmp_path)
     assert [launch["model_id"] for launch in launches] == MODELS[:3]
     for launch in launches:
-        request = build_tuning_request(launch["job_name"], **launch["spec"], tags={"model-selection:model-id": launch["model_id"]})
+        request = build_tuning_request(launch["job_name"], **launch["spec"])
         assert request_problems("CreateHyperParameterTuningJob", request) == []
         config, definition = request["HyperParameterTuningJobConfig"], request["TrainingJobDefinition"]
         assert config["Strategy"] == "Grid"
@@ -72,7 +73,36 @@ def test_the_tuning_request_is_the_notebooks_and_botocore_accepts_it(fake, tmp_p
         assert definition["AlgorithmSpecification"]["TrainingImage"].startswith("763104351884.dkr.ecr.us-west-2")
         assert definition["ResourceConfig"]["InstanceType"] == "ml.g4dn.xlarge"
         names = {d["Name"] for d in definition["AlgorithmSpecification"]["MetricDefinitions"]}
-        assert {"val_accuracy", "test_accuracy", "test_throughput", "num_params", "test_top_5_accuracy"} <= names
+        # two classes (cat, dog), not binary_mode: loss and accuracy, no top-5, no binary counts
+        assert {"val_accuracy", "test_accuracy", "test_throughput", "num_params"} <= names
+        assert not names & {"test_top_5_accuracy", "test_auc", "train_true_pos"}
+        tags = {tag["Key"]: tag["Value"] for tag in request["Tags"]}
+        assert tags["sagemaker-sdk:jumpstart-model-id"] == launch["model_id"] == launch["model_id"]
+        assert tags["sagemaker-sdk:jumpstart-model-version"] == launch["model_version"]
+
+
+def form_defaults() -> dict:
+    """The trigger form's values as a user first sees them (the DAG's Params)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dag_file", Path(__file__).parents[1] / "dags" /
+                                                  "image_classification_model_selection.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {name: param.value for name, param in module.PARAMS.items()}
+
+
+def test_the_form_plans_sagemaker_when_only_what_sagemaker_needs_is_filled(fake, tmp_path):
+    form = {**form_defaults(), "backend": "sagemaker", "model_list": None, "model_ids": MODELS[:2],
+            "role_arn": ROLE, "output_path": "s3://study-data/output", "results_uri": str(tmp_path / "results"),
+            "dataset": params()["dataset"]}
+    assert form["local_hyperparameters"]  # the local defaults are there, and must not matter
+    launches = plan_task(form, tmp_path)["launches"]
+    assert [launch["model_id"] for launch in launches] == MODELS[:2]
+    for launch in launches:
+        static = launch["spec"]["static_hyperparameters"]
+        assert not (set(form["local_hyperparameters"]) - {"train_only_top_layer"}) & set(static)
+        assert static["train_only_top_layer"] == "True"  # JumpStart's default, not the local form's "False"
 
 
 def test_plan_names_every_sagemaker_problem_at_once(fake, tmp_path):
@@ -95,7 +125,7 @@ def test_plan_names_every_sagemaker_problem_at_once(fake, tmp_path):
 
 
 def wait_with_trigger(job: dict, poll: float = 0.2, timeout: float = 120) -> dict:
-    trigger = TuningJobTrigger(job["job_name"], job["client"], poll, time.time() + timeout)
+    trigger = TuningJobTrigger(job["job_name"], job["hook_params"], poll, time.time() + timeout)
 
     async def first():
         async for event in trigger.run():
@@ -110,7 +140,7 @@ def test_throttling_on_create_and_describe_never_fails_a_model_or_launches_twice
     launches = plan(tmp_path, model_ids=MODELS[:3])
     jobs = [TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT) for launch in launches]
     events = [wait_with_trigger(job) for job in jobs]
-    assert [event["status"] for event in events] == ["success"] * 3
+    assert [event["outcome"] for event in events] == ["success"] * 3
     assert throttle.throttled["CreateHyperParameterTuningJob"] >= 1 and throttle.throttled["DescribeHyperParameterTuningJob"] >= 1
     assert sorted(fake.backend.hyper_parameter_tuning_jobs) == sorted(launch["job_name"] for launch in launches)
 
@@ -143,9 +173,45 @@ def test_resource_limit_exceeded_makes_the_launch_wait(fake, tmp_path, hooked):
     with pytest.raises(TaskDeferred):
         TuningJobLaunchOperator(task_id="launch", launch=second).execute(CONTEXT)
     assert list(fake.backend.hyper_parameter_tuning_jobs) == [first["job_name"]]
-    assert wait_with_trigger({"job_name": first["job_name"], "client": first["client"]})["status"] == "success"
+    assert wait_with_trigger({"job_name": first["job_name"], "hook_params": first["hook_params"]})["outcome"] == "success"
     TuningJobLaunchOperator(task_id="launch", launch=second).execute(CONTEXT, waits=1, waiting_since=time.time() - 60)
     assert sorted(fake.backend.hyper_parameter_tuning_jobs) == sorted([first["job_name"], second["job_name"]])
+
+
+def test_a_quota_below_one_jobs_need_fails_the_launch_at_once_with_the_services_message(fake, tmp_path, hooked):
+    message = ("The account-level service limit 'ml.g4dn.xlarge for training job usage' is 0 Instances, with current "
+               "utilization of 0 Instances and a request delta of 1 Instances. Please use AWS Service Quotas to "
+               "request an increase for this quota.")
+
+    def no_quota(request, event_name: str, **kwargs):
+        if event_name.endswith("CreateHyperParameterTuningJob"):
+            body = json.dumps({"__type": "ResourceLimitExceeded", "message": message}).encode()
+            return AWSResponse(request.url, 400, {}, _Raw(body))
+        return None
+
+    hooked.append(no_quota)
+    launch = plan(tmp_path, model_ids=MODELS[:1])[0]
+    with pytest.raises(AirflowFailException, match="can never fit this job.*is 0 Instances"):
+        TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT)
+    assert fake.backend.hyper_parameter_tuning_jobs == {}
+
+
+def test_waiting_for_capacity_is_bounded_and_names_the_quota_and_time_waited(fake, tmp_path, hooked):
+    def quota(request, event_name: str, **kwargs):
+        if event_name.endswith("CreateHyperParameterTuningJob"):
+            body = json.dumps({"__type": "ResourceLimitExceeded", "message": "The account-level service limit "
+                               "'ml.g4dn.xlarge for training job usage' is 2 Instances, with current utilization of 2 "
+                               "Instances and a request delta of 1 Instances."}).encode()
+            return AWSResponse(request.url, 400, {}, _Raw(body))
+        return None
+
+    hooked.append(quota)
+    launch = {**plan(tmp_path, model_ids=MODELS[:1])[0], "max_capacity_wait_seconds": 3600}
+    with pytest.raises(TaskDeferred) as deferred:  # a quota that frees up later: wait
+        TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT)
+    with pytest.raises(AirflowFailException, match=r"after waiting 1\.0 h .*ml\.g4dn\.xlarge for training job usage"):
+        TuningJobLaunchOperator(task_id="launch", launch=launch).execute(
+            CONTEXT, waits=deferred.value.kwargs["waits"], waiting_since=time.time() - 3601)
 
 
 def test_failed_and_console_stopped_jobs_fail_the_wait_with_their_reason(fake, tmp_path):
@@ -153,11 +219,11 @@ def test_failed_and_console_stopped_jobs_fail_the_wait_with_their_reason(fake, t
     fake.stop_from_console(good["job_name"])  # the driver stops it as soon as it is in progress
     jobs = [TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT) for launch in (good, failing)]
     failed = wait_with_trigger(jobs[1])
-    assert failed["status"] == "failed" and "CUDA out of memory" in failed["reason"]
+    assert failed["outcome"] == "failed" and "CUDA out of memory" in failed["reason"]
     with pytest.raises(AirflowFailException, match="CUDA out of memory"):
         TuningJobSensor(task_id="wait", job=jobs[1]).execute_complete(CONTEXT, failed)
     stopped = wait_with_trigger(jobs[0])
-    assert stopped["status"] == "stopped"
+    assert stopped["outcome"] == "stopped"
     with pytest.raises(AirflowFailException, match="was stopped"):
         TuningJobSensor(task_id="wait", job=jobs[0]).execute_complete(CONTEXT, stopped)
 
@@ -166,19 +232,20 @@ def test_collected_row_holds_the_best_training_jobs_metrics(fake, tmp_path):
     planned = plan_task({**params(model_ids=MODELS[:1]), "results_uri": str(tmp_path / "results")}, tmp_path)
     launch = planned["launches"][0]
     job = TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT)
-    assert wait_with_trigger(job)["status"] == "success"
-    from model_selection.backends import get_client, get_log_reader
-
-    without_logs = collect_row(get_client(**planned["client"]), launch, planned["study"], "manual__test")
-    assert without_logs.get("test_throughput") is None  # the fake leaves it out of FinalMetricDataList
-    row = collect_row(get_client(**planned["client"]), launch, planned["study"], "manual__test",
-                      get_log_reader(**planned["client"]))
+    assert wait_with_trigger(job)["outcome"] == "success"
+    hook = tuning_job_hook(planned["hook_params"])
+    assert hook.describe_training_job(hook.describe(launch["job_name"])["BestTrainingJob"]["TrainingJobName"])[
+        "FinalMetricDataList"]  # the fake leaves test_throughput out of it: only the log has it
+    row = collect_row(hook, launch, planned["study"], "manual__test")
     assert row["metrics_from_log"] == ["test_throughput"]
     assert row["status"] == "Completed" and row["learning_rate"] == 0.001
     expected = json.loads(json.dumps(row))  # plain JSON, as the results store keeps it
     printed = re.search(r"- Average test throughput: ([0-9.]+)", jumpstart_log(MODELS[0], 0.001)).group(1)
     assert expected["test_throughput"] == pytest.approx(float(printed))
-    assert expected["num_params"] == 2257984 + 12810 and expected["test_top_5_accuracy"] == pytest.approx(0.981)
+    assert expected["num_params"] == 2257984 + 12810
+    assert "test_top_5_accuracy" not in expected  # two classes: the request defines no top-5 metric
+    assert row["model_version"] == launch["model_version"] and row["billable_seconds"] is None  # moto reports none
+    assert row["model_artifacts"].startswith("s3://study-data/output/")
     assert row["throughput_measure"] == THROUGHPUT_MEASURES["sagemaker"]
     assert row["instance_type"] == "ml.g4dn.xlarge" and row["family"] == "mobilenet"
 
@@ -221,6 +288,24 @@ def test_the_dag_end_to_end_on_sagemaker(fake, tmp_path):
     report = next((tmp_path / "results" / "reports" / "pets").iterdir())
     assert "per batch" in (report / "frontier.md").read_text()
     assert sorted(fake.backend.hyper_parameter_tuning_jobs) == sorted(row["tuning_job_name"] for row in rows.values())
+    # the lanes' console links: their parts are XComs the UI formats (BaseAwsLink), one set per completed lane
+    import sqlite3
+
+    from model_selection.links import BestTrainingJobConsoleLink, TrainingLogsConsoleLink, TuningJobConsoleLink
+
+    with sqlite3.connect(tmp_path / "home" / "airflow.db") as database:
+        stored = database.execute("SELECT task_id, key, value FROM xcom WHERE key LIKE 'model_selection_%'").fetchall()
+    links = {}
+    for task_id, key, value in stored:
+        parts = json.loads(value)
+        links.setdefault((task_id, key), []).append(parts["job_name"])
+    assert sorted(links[("lane.launch", TuningJobConsoleLink.key)]) == sorted(row["tuning_job_name"] for row in rows.values())
+    best = sorted(row["best_training_job_name"] for row in rows.values() if row["status"] == "Completed")
+    assert sorted(links[("lane.wait", BestTrainingJobConsoleLink.key)]) == best
+    assert sorted(links[("lane.wait", TrainingLogsConsoleLink.key)]) == best
+    example = json.loads(next(value for task_id, key, value in stored if key == TuningJobConsoleLink.key))
+    assert TuningJobConsoleLink().format_link(**example) == (
+        f"https://console.aws.amazon.com/sagemaker/home?region={REGION}#/hyper-tuning-jobs/{example['job_name']}")
 
 
 def test_a_filter_in_the_model_list_selects_jumpstart_models(fake, tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from model_selection.backends.local import LocalSageMakerClient
 from model_selection.naming import MAX_TUNING_JOB_NAME, NAME_PATTERN, study_prefix, tuning_job_name
 from model_selection.operators import TuningJobLaunchOperator
 from model_selection.planning import local_launch_spec
-from model_selection.results import ResultsStore
+from model_selection.results import ModelHistory, ResultsStore, model_histories
 from model_selection.sensors import TuningJobSensor
 from model_selection.study import Study
 from model_selection.triggers import TuningJobTrigger
@@ -46,7 +46,7 @@ def launch_for(study: Study, model_id: str, jobs_root: Path, max_concurrent: int
         "model_id": model_id,
         "job_name": tuning_job_name(study.dataset.name, study.config_hash, model_id),
         "spec": spec,
-        "client": {"backend": "local", "jobs_root": str(jobs_root)},
+        "hook_params": {"backend": "local", "jobs_root": str(jobs_root)},
         "study_prefix": study_prefix(study.dataset.name, study.config_hash),
         "max_concurrent_tuning_jobs": max_concurrent,
     }
@@ -56,6 +56,7 @@ def seconds_until(moment) -> float:
     return moment.timestamp() - time.time()
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONTEXT = {"dag": SimpleNamespace(dag_id="test-dag"), "run_id": "manual__test"}
 
 
@@ -64,7 +65,7 @@ def test_a_retried_launch_attaches_to_the_job_it_already_started(study, tmp_path
     first = TuningJobLaunchOperator(task_id="launch", launch=launch).execute(dict(CONTEXT))
     context = dict(CONTEXT)
     second = TuningJobLaunchOperator(task_id="launch", launch=launch).execute(context)
-    expected = {"job_name": launch["job_name"], "model_id": "test_resnet", "client": launch["client"],
+    expected = {"job_name": launch["job_name"], "model_id": "test_resnet", "hook_params": launch["hook_params"],
                 "launch_waits": 0, "launch_wait_seconds": 0.0, "launch_try_number": None}
     assert first == second == expected
     assert context["launch_status"] == "attached to the existing job (InProgress)"
@@ -77,16 +78,16 @@ def test_a_name_taken_by_another_model_is_refused_not_attached(study, tmp_path):
     launch = launch_for(study, "test_resnet", tmp_path / "jobs")
     TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT)
     impostor = {**launch, "model_id": "test_efficientnet", "spec": launch_for(study, "test_efficientnet", tmp_path / "jobs")["spec"]}
-    with pytest.raises(AirflowFailException, match="was not launched for test_efficientnet"):
+    with pytest.raises(AirflowFailException, match="was not launched with this configuration"):
         TuningJobLaunchOperator(task_id="launch", launch=impostor).execute(CONTEXT)
     LocalSageMakerClient(tmp_path / "jobs").stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=launch["job_name"])
 
 
-def test_launch_defers_while_the_study_has_its_limit_in_flight(study, tmp_path):
+def test_launch_rechecks_capacity_at_a_fixed_interval_while_the_study_has_its_limit_in_flight(study, tmp_path):
     busy = launch_for(study, "test_resnet", tmp_path / "jobs", max_concurrent=1, epochs="200")
     TuningJobLaunchOperator(task_id="launch", launch=busy).execute(CONTEXT)
     waiting = launch_for(study, "test_efficientnet", tmp_path / "jobs", max_concurrent=1)
-    operator = TuningJobLaunchOperator(task_id="launch", launch=waiting, wait_seconds=5)
+    operator = TuningJobLaunchOperator(task_id="launch", launch=waiting, wait_seconds=60, capacity_check_seconds=5)
     context = dict(CONTEXT)
     with pytest.raises(TaskDeferred) as deferred:
         operator.execute(context)
@@ -94,16 +95,16 @@ def test_launch_defers_while_the_study_has_its_limit_in_flight(study, tmp_path):
     assert deferred.value.kwargs["waits"] == 1
     assert time.time() - deferred.value.kwargs["waiting_since"] < 5
     assert 4 < seconds_until(deferred.value.trigger.moment) <= 5
-    assert context["launch_status"] == "waiting (quota): wait 1, 0 s so far"
+    assert context["launch_status"] == "waiting (capacity): wait 1, 0 s so far"
     client = LocalSageMakerClient(tmp_path / "jobs")
     assert client.store.tuning_job_names() == [busy["job_name"]]  # nothing launched while waiting
     time.sleep(1)
-    with pytest.raises(TaskDeferred) as again:  # the wait doubles; the start of waiting is kept
+    with pytest.raises(TaskDeferred) as again:  # the same short interval; the start of waiting is kept
         operator.execute(context, **deferred.value.kwargs)
     assert again.value.kwargs == {"waits": 2, "waiting_since": deferred.value.kwargs["waiting_since"]}
-    assert 9 < seconds_until(again.value.trigger.moment) <= 10
+    assert 4 < seconds_until(again.value.trigger.moment) <= 5
     client.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=busy["job_name"])
-    assert run_trigger(TuningJobTrigger(busy["job_name"], busy["client"], 0.2, time.time() + 120))["status"] == "stopped"
+    assert run_trigger(TuningJobTrigger(busy["job_name"], busy["hook_params"], 0.2, time.time() + 120))["outcome"] == "stopped"
     launched = operator.execute(context, **again.value.kwargs)
     assert launched["launch_waits"] == 2 and launched["launch_wait_seconds"] >= 1
     assert context["launch_status"].startswith("launched after 2 waits (")
@@ -124,9 +125,9 @@ def test_trigger_and_sensor_report_success_and_failure(study, tmp_path):
     for launch in (good, bad):
         TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT)
     deadline = time.time() + 300
-    success = run_trigger(TuningJobTrigger(good["job_name"], good["client"], 0.5, deadline))
-    failure = run_trigger(TuningJobTrigger(bad["job_name"], bad["client"], 0.5, deadline))
-    assert success["status"] == "success" and failure["status"] == "failed"
+    success = run_trigger(TuningJobTrigger(good["job_name"], good["hook_params"], 0.5, deadline))
+    failure = run_trigger(TuningJobTrigger(bad["job_name"], bad["hook_params"], 0.5, deadline))
+    assert success["outcome"] == "success" and failure["outcome"] == "failed"
     assert "Kernel size can't be greater" in failure["reason"]
     context = dict(CONTEXT)
     sensor = TuningJobSensor(task_id="wait", job=good)
@@ -145,8 +146,8 @@ def test_trigger_and_sensor_report_success_and_failure(study, tmp_path):
 def test_trigger_times_out_and_the_sensor_stops_the_job(study, tmp_path):
     slow = launch_for(study, "test_resnet", tmp_path / "jobs", epochs="200")
     TuningJobLaunchOperator(task_id="launch", launch=slow).execute(CONTEXT)
-    event = run_trigger(TuningJobTrigger(slow["job_name"], slow["client"], 0.2, time.time() + 1))
-    assert event["status"] == "timeout"
+    event = run_trigger(TuningJobTrigger(slow["job_name"], slow["hook_params"], 0.2, time.time() + 1))
+    assert event["outcome"] == "timeout"
     from airflow.sdk.exceptions import AirflowSensorTimeout
 
     with pytest.raises(AirflowSensorTimeout):
@@ -176,9 +177,24 @@ def test_names_are_valid_stable_and_collision_free_over_every_timm_model():
     assert all(NAME_PATTERN.match(name) and len(name) <= MAX_TUNING_JOB_NAME for name in names)
     assert len(set(names)) == len(names)
     assert names[0] == tuning_job_name("caltech-256", "0123456789ab", model_ids[0])
-    assert tuning_job_name("caltech-256", "0123456789ab", model_ids[0], attempt=1) != names[0]
+    assert tuning_job_name("caltech-256", "0123456789ab", model_ids[0], previous_attempts=1) != names[0]
     assert tuning_job_name("other-dataset", "0123456789ab", model_ids[0]) != names[0]
     assert all(name.startswith(study_prefix("caltech-256", "0123456789ab")) for name in names)
+
+
+def test_a_curated_model_list_replaces_model_ids_and_local_settings_stay_local():
+    listed = [line.split("#")[0].strip() for line in (PROJECT_ROOT / "include" / "model_lists" / "local-tiny.txt")
+              .read_text().splitlines() if line.split("#")[0].strip()]
+    form = {"model_ids": ["resnet18"], "model_list": "local-tiny", "hyperparameters": {"epochs_hint": "1"},
+            "local_hyperparameters": {"pretrained": "false"},
+            "dataset": {"name": "d", "training": "include/datasets/digits/training"}}
+    local, _ = Study.parse(form, PROJECT_ROOT)
+    assert list(local.model_ids) == listed and "resnet18" not in local.model_ids
+    assert local.hyperparameters == {"pretrained": "false", "epochs_hint": "1"}
+    remote, _ = Study.parse({**form, "backend": "sagemaker",
+                             "dataset": {"name": "d", "training": "s3://bucket/d/training"}}, PROJECT_ROOT)
+    assert remote.hyperparameters == {"epochs_hint": "1"}  # local_hyperparameters never reach SageMaker
+    assert remote.config_hash != local.config_hash
 
 
 def test_study_lists_every_problem_at_once(tmp_path):
@@ -192,14 +208,30 @@ def test_study_lists_every_problem_at_once(tmp_path):
         assert expected in text
 
 
-def test_results_store_keeps_the_latest_row_per_model_and_counts_attempts(tmp_path):
+def test_results_store_keeps_the_latest_row_per_model_and_counts_only_ended_attempts(tmp_path):
     store = ResultsStore(str(tmp_path / "store"))
-    store.append([{"dataset": "d", "model_id": "m", "config_hash": "c", "status": "Failed", "finished_at": "2026-01-01"}])
-    store.append([{"dataset": "d", "model_id": "m", "config_hash": "c", "status": "Completed", "finished_at": "2026-01-02"}])
+    row = {"dataset": "d", "model_id": "m", "config_hash": "c"}
+    store.append([{**row, "status": "Failed", "tuning_job_name": "j0", "finished_at": "2026-01-01"}])
+    store.append([{**row, "status": "InProgress", "tuning_job_name": "j1", "finished_at": "2026-01-02"}])
+    assert model_histories(store.read_all(), "d", "c")["m"] == ModelHistory(1, False, "j1")  # attach to j1, not a third job
+    store.append([{**row, "status": "Completed", "tuning_job_name": "j1", "finished_at": "2026-01-03"}])
     assert [row["status"] for row in store.read_latest()] == ["Completed"]
-    assert store.attempts("d", "m", "c") == (2, True)
-    assert store.attempts("d", "m", "other") == (0, False)
+    assert model_histories(store.read_all(), "d", "c")["m"] == ModelHistory(1, True, None)
+    assert model_histories(store.read_all(), "d", "other") == {}
     unwritable = ResultsStore("/proc/no-such-place")
     with pytest.raises(OSError):
         unwritable.check_writable()
     assert json.loads(json.dumps(store.read_all()))  # rows are plain JSON
+
+
+def test_a_batch_written_twice_adds_no_rows_and_a_malformed_line_is_skipped_by_name(tmp_path, caplog):
+    store = ResultsStore(str(tmp_path / "store"))
+    rows = [{"dataset": "d", "model_id": f"m{k}", "config_hash": "c", "status": "Completed"} for k in range(3)]
+    first = store.append(rows, run_id="run1", batch="collected")
+    assert store.append(rows, run_id="run1", batch="collected") == first  # a retried collection
+    assert len(store.read_all()) == 3
+    with open(first[0], "a") as stream:
+        stream.write('{"dataset": "d", "model_id": "torn\n')
+    with caplog.at_level("WARNING"):
+        assert len(store.read_all()) == 3
+    assert f"line 4 of {first[0]}" in caplog.text

@@ -15,7 +15,7 @@ from model_selection.local.hyperparameters import HyperparameterError, parse_hyp
 from model_selection.local.images import ImageFiles, Preprocessing
 from model_selection.local.model import ModelError, build_model
 from model_selection.local.train import Channels, train
-from model_selection.metrics import BINARY_METRICS, extract_final_metrics, metric_definitions
+from model_selection.metrics import BINARY_METRICS, all_metric_definitions, extract_final_metrics
 
 SUMMARY = {
     "num_params",
@@ -34,7 +34,7 @@ def channel_arguments(channels: dict[str, Path]) -> list[str]:
 
 
 def assert_regexes_read_every_metric(stdout: str, metrics: dict[str, float]) -> dict[str, float]:
-    extracted = extract_final_metrics(stdout, metric_definitions())
+    extracted = extract_final_metrics(stdout, all_metric_definitions())
     assert set(extracted) == set(metrics)
     for name, value in metrics.items():
         assert extracted[name] == pytest.approx(value, rel=1e-6, abs=1e-8), name
@@ -292,4 +292,4 @@ def test_numbers_are_printed_as_plain_decimals_the_regexes_read_whole(value):
 
     text = format_number(value)
     assert "e" not in text.lower()
-    assert extract_final_metrics(f"- Test loss: {text}\n", metric_definitions()) == {"test_loss": pytest.approx(value)}
+    assert extract_final_metrics(f"- Test loss: {text}\n", all_metric_definitions()) == {"test_loss": pytest.approx(value)}

@@ -1,13 +1,17 @@
 """The model-selection page in a real Airflow: `make airflow` on a loopback port, a run triggered
 through the REST API, and the page read in headless Chromium after logging in through the UI's form.
 
-Skips, saying why, where Chromium, ChromeDriver or Selenium is missing (`make test` installs them).
+The browser tests skip, saying why, where Chromium, ChromeDriver or Selenium is missing (`make test`
+installs them); the run view's HTTP tests and its pure functions run without them.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import html.parser
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -23,13 +27,11 @@ import pytest
 from airflow_env import DAG_ID, PROJECT_ROOT, airflow_environment
 from conftest import write_image_folders
 
+from model_selection.lanes import RunState, job_view, lanes, launch_text, render_run_page
 from model_selection.results import ResultsStore
+from model_selection.ui import UILinks
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="needs Debian's chromium and chromium-driver (make test installs them with apt-get where it can)",
-)
 TINY = {"pretrained": "false", "image_size": "16", "batch_size": "8", "train_only_top_layer": "False"}
 HOSTILE_MODEL = '<img src=x onerror="window.injected=1">'
 HOSTILE_REASON = '<script>window.injected=2</script> out of memory'
@@ -78,7 +80,13 @@ class Airflow:
         return json.loads(body)["access_token"]
 
     def api(self, path: str, body: dict | None = None, method: str | None = None) -> dict:
-        status, answer = self.request(f"/api/v2{path}", body, self.token(), method)
+        # SQLite (standalone's database) answers 500 when the write lock stays busy past its timeout: the
+        # action log's commit fails before the endpoint runs, so nothing changed and a retry is safe.
+        for _ in range(5):
+            status, answer = self.request(f"/api/v2{path}", body, self.token(), method)
+            if status != 500:
+                break
+            time.sleep(2)
         assert status in (200, 201), (path, status, answer[:500])
         return json.loads(answer)
 
@@ -155,6 +163,8 @@ def finished_run(airflow) -> dict:
 @pytest.fixture(scope="module")
 def browser(airflow):
     """Headless Chromium, logged in through Airflow's own login form."""
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("needs Debian's chromium and chromium-driver (make test installs them with apt-get where it can)")
     webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (requirements-test.txt)")
     from selenium.webdriver.chrome.service import Service
 
@@ -180,7 +190,8 @@ def browser(airflow):
 
 
 def test_a_request_without_credentials_gets_no_data(airflow, finished_run):
-    for path in ("/model-selection/", "/model-selection/plot.png?dataset=tiny&config_hash=x"):
+    run_view = "/model-selection/run?" + urllib.parse.urlencode({"dag_id": DAG_ID, "run_id": finished_run["run"]["dag_run_id"]})
+    for path in ("/model-selection/", "/model-selection/plot.png?dataset=tiny&config_hash=x", run_view):
         status, body = airflow.request(path)
         assert status == 401, (path, status)
         assert b"test_resnet" not in body
@@ -193,11 +204,11 @@ def test_the_run_completes_and_map_indexes_say_how_each_model_went(finished_run)
     by_task = {}
     for ti in finished_run["instances"]:
         by_task.setdefault(ti["task_id"], {})[ti["map_index"]] = ti
-    assert {ti["state"] for ti in by_task["launch"].values()} == {"success"}
-    labels = sorted(ti["rendered_map_index"] for ti in by_task["wait"].values())
+    assert {ti["state"] for ti in by_task["lane.launch"].values()} == {"success"}
+    labels = sorted(ti["rendered_map_index"] for ti in by_task["lane.wait"].values())
     assert labels[0].startswith("test_convnext · ms") and labels[0].endswith(" · Failed"), labels
     assert labels[1].startswith("test_resnet · ms") and labels[1].endswith(" · Completed"), labels
-    assert sorted(ti["rendered_map_index"] for ti in by_task["launch"].values()) == [
+    assert sorted(ti["rendered_map_index"] for ti in by_task["lane.launch"].values()) == [
         "test_convnext · attempt 1 · launched", "test_resnet · attempt 1 · launched"]
 
 
@@ -244,7 +255,7 @@ def test_the_page_in_chromium_embedded_in_the_airflow_ui(airflow, finished_run, 
     wait_link = tables["How each model ran"].find_element(By.LINK_TEXT, f"wait[{model_map_index(finished_run, 'test_resnet')}]")
     wait_link.click()  # target=_top: the whole UI goes to the task instance
     browser.switch_to.default_content()
-    wait.until(lambda _: "/tasks/wait/mapped/" in browser.current_url)
+    wait.until(lambda _: "/tasks/lane.wait/mapped/" in browser.current_url)
     assert browser.current_url.split("/dags/")[1].startswith(f"{DAG_ID}/runs/")
     assert urllib.parse.unquote(browser.current_url).split("/runs/")[1].startswith(run_id)
     wait.until(ready.text_to_be_present_in_element((By.TAG_NAME, "body"), "test_resnet · ms"))
@@ -252,7 +263,230 @@ def test_the_page_in_chromium_embedded_in_the_airflow_ui(airflow, finished_run, 
 
 def model_map_index(finished_run: dict, model_id: str) -> int:
     return next(ti["map_index"] for ti in finished_run["instances"]
-                if ti["task_id"] == "wait" and ti["rendered_map_index"].startswith(f"{model_id} · "))
+                if ti["task_id"] == "lane.wait" and ti["rendered_map_index"].startswith(f"{model_id} · "))
+
+
+class LanesTable(html.parser.HTMLParser):
+    """The run view's table#lanes as rows of {header: (text, [hrefs])}, and every other link."""
+
+    def __init__(self, page: str):
+        super().__init__()
+        self.headers: list[str] = []
+        self.rows: list[list[tuple[str, list[str]]]] = []
+        self.links: list[tuple[str, str]] = []
+        self._in_table = self._cell = None
+        self._href = None
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table" and attrs.get("id") == "lanes":
+            self._in_table = True
+        elif self._in_table and tag == "tr":
+            self.rows.append([])
+        elif self._in_table and tag in ("td", "th"):
+            self._cell = ["", []]
+        if tag == "a":
+            self._href = attrs.get("href")
+            self.links.append((attrs.get("href"), ""))
+            if self._cell is not None:
+                self._cell[1].append(attrs.get("href"))
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell[0] += data
+        if self._href is not None:
+            self.links[-1] = (self.links[-1][0], self.links[-1][1] + data)
+
+    def handle_endtag(self, tag):
+        if tag == "a":
+            self._href = None
+        elif tag == "table":
+            self._in_table = None
+        elif tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append((self._cell[0], self._cell[1]))
+            self._cell = None
+
+    def lanes(self) -> dict[str, dict[str, tuple[str, list[str]]]]:
+        headers = [text for text, _ in self.rows[0]]
+        return {row[0][0]: dict(zip(headers, row)) for row in self.rows[1:]}
+
+
+def run_view_path(run_id: str, dag_id: str = DAG_ID) -> str:
+    return "/model-selection/run?" + urllib.parse.urlencode({"dag_id": dag_id, "run_id": run_id})
+
+
+def test_the_run_view_shows_each_lane_and_links_to_its_task_instances(airflow, finished_run):
+    run_id = finished_run["run"]["dag_run_id"]
+    status, body = airflow.request(run_view_path(run_id), token=airflow.token())
+    assert status == 200, body[:500]
+    page = body.decode()
+    table = LanesTable(page)
+    lanes_ = table.lanes()
+    assert sorted(lanes_) == ["test_convnext", "test_resnet"]
+    text = {model: {header: cell[0] for header, cell in lane.items()} for model, lane in lanes_.items()}
+    resnet, convnext = text["test_resnet"], text["test_convnext"]
+    for lane in (resnet, convnext):  # a retried launch says which try launched it
+        assert re.fullmatch(r"launched( \(try \d\))?", lane["launch"]), lane
+    assert resnet["job status"] == resnet["ended"] == "Completed" and resnet["reason"] == "—"
+    assert resnet["elapsed"].startswith("ran ") and re.fullmatch(r"\d+ Completed", resnet["training jobs"]), resnet
+    assert re.fullmatch(r"\S+ = [\d.e-]+", resnet["best objective so far"]), resnet
+    assert resnet["throttled describes"] == "0"
+    assert convnext["job status"] == convnext["ended"] == "Failed"
+    assert "Kernel size can't be greater" in convnext["reason"]
+    assert not any(value in page for value in CANARIES.values())
+
+    # Links to the lane's own task instances, as UILinks writes them, opened in the whole Airflow UI.
+    links = UILinks("")
+    for model, lane in lanes_.items():
+        map_index = model_map_index(finished_run, model)
+        assert text[model]["lane"] == str(map_index)
+        assert lane["task instances"][1] == [links.task_instance(DAG_ID, run_id, "lane.launch", map_index),
+                                             links.task_instance(DAG_ID, run_id, "lane.wait", map_index)]
+    report = [href for href, label in table.links if label.startswith("tiny, configuration ")]
+    config_hash = finished_run["rows"][0]["config_hash"]
+    assert report == [f"/plugin/model-selection/model-selection/?dataset=tiny&config_hash={config_hash}"]
+    assert "this view reloads" not in page  # the run has ended
+    status, body = airflow.request("/model-selection/?dataset=tiny", token=airflow.token())  # the page links here
+    assert (links.run_view(DAG_ID, run_id), f"Lanes of its latest run ({run_id})") in LanesTable(body.decode()).links
+
+    # The DAG-run tab is on every DAG's runs: other DAGs get a note; an unknown run a 404.
+    status, body = airflow.request(run_view_path("x", dag_id="another_dag"), token=airflow.token())
+    assert status == 200 and b"This view is for image_classification_model_selection" in body
+    status, body = airflow.request("/model-selection/?dag_id=another_dag", token=airflow.token())
+    assert status == 200 and b"This view is for image_classification_model_selection" in body
+    status, body = airflow.request(run_view_path("no-such-run"), token=airflow.token())
+    assert status == 404 and b"no run no-such-run" in body
+
+    views = {view["url_route"]: view for plugin in airflow.api("/plugins")["plugins"]
+             for view in plugin["external_views"] if plugin["name"] == "model_selection"}
+    assert views["model-selection-run"]["destination"] == "dag_run"
+    assert views["model-selection-run"]["href"] == "/model-selection/run?dag_id={DAG_ID}&run_id={RUN_ID}"
+    assert views["model-selection-dag"]["href"] == "/model-selection/?dag_id={DAG_ID}"
+
+
+def test_the_run_view_is_a_tab_of_the_dag_run_in_chromium(airflow, finished_run, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    run_id = finished_run["run"]["dag_run_id"]
+    browser.get(f"{airflow.url}/dags/{DAG_ID}/runs/{urllib.parse.quote(run_id, safe='')}/plugin/model-selection-run")
+    frame = WebDriverWait(browser, 60).until(ready.presence_of_element_located((By.TAG_NAME, "iframe")))
+    # Airflow filled the placeholders of the view's href with this DAG and run.
+    assert urllib.parse.unquote(frame.get_attribute("src")).endswith(
+        f"/model-selection/run?dag_id={DAG_ID}&run_id={run_id}"), frame.get_attribute("src")
+    browser.switch_to.frame(frame)
+    table = WebDriverWait(browser, 60).until(ready.presence_of_element_located((By.ID, "lanes")))
+    models = sorted(row.find_element(By.TAG_NAME, "td").text for row in table.find_elements(By.CSS_SELECTOR, "tbody tr"))
+    assert models == ["test_convnext", "test_resnet"]
+    assert browser.execute_script("return window.injected === undefined")
+    browser.switch_to.default_content()
+
+
+def test_a_launch_waiting_for_capacity_shows_in_the_run_view_not_in_its_label(airflow, finished_run):
+    """Two models, one job in flight at a time: the second launch defers until the first job ends.
+
+    While it is deferred its map-index label stays as rendered before `execute` (Airflow 3.3 renders
+    it again only when the task ends); the run view says how long it has waited and how often it checked.
+    """
+    from model_selection.backends.local import LocalSageMakerClient
+
+    conf = {
+        "model_ids": ["test_resnet", "test_efficientnet"],
+        "dataset": {"name": "tiny", **{channel: str(airflow.data / channel) for channel in ("training", "validation", "test")}},
+        "hyperparameters": TINY,
+        "epochs": 400, "early_stopping_patience": 400,  # the first job outlasts the second launch's check
+        "learning_rate_multipliers": [1.0],
+        "max_concurrent_tuning_jobs": 1,
+    }
+    run = airflow.api(f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
+    path = f"/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run['dag_run_id'], safe='')}"
+
+    def deferred_launch() -> dict | None:
+        instances = airflow.api(f"{path}/taskInstances?limit=100")["task_instances"]
+        return next((ti for ti in instances if ti["task_id"] == "lane.launch" and ti["state"] == "deferred"), None)
+
+    try:
+        waiting = wait_until(deferred_launch, 240, "a launch to wait for capacity", airflow.process, airflow.log)
+        status, body = airflow.request(run_view_path(run["dag_run_id"]), token=airflow.token())
+        assert status == 200, body[:500]
+        lanes_ = LanesTable(body.decode()).lanes()
+        model = waiting["rendered_map_index"].split(" · ")[0]
+        other = next(name for name in lanes_ if name != model)
+        assert waiting["rendered_map_index"] == f"{model} · attempt 1"  # not "· waiting (capacity) ..."
+        launch = lanes_[model]["launch"][0]
+        assert launch.startswith("waiting for capacity: ") and launch.endswith(" 1 check"), launch
+        assert lanes_[model]["job status"][0] == "no job yet" and lanes_[model]["ended"][0] == "running"
+        assert lanes_[other]["launch"][0] == "launched"
+        assert lanes_[other]["job status"][0] == "InProgress", lanes_[other]
+        assert lanes_[other]["elapsed"][0].endswith(" so far")
+        assert b"this view reloads every 30 s" in body
+    finally:
+        airflow.api(path, {"state": "failed"}, method="PATCH")
+        client = LocalSageMakerClient(airflow.jobs)
+        for name in client.store.tuning_job_names():
+            if client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)["HyperParameterTuningJobStatus"] == "InProgress":
+                client.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+
+
+def test_a_deferred_wait_killed_by_the_user_stops_its_job(airflow, finished_run):
+    """Mark the deferred `lane.wait` failed as the UI's "Mark as failed" does (a PATCH of the task
+    instance's state): the triggerer drops the trigger no deferred task uses any more, cancels it
+    as a user action and awaits its `on_kill`, which stops the tuning job it was waiting for."""
+    from model_selection.backends.local import LocalSageMakerClient
+
+    conf = {
+        "model_ids": ["test_resnet"],
+        "dataset": {"name": "tiny", **{channel: str(airflow.data / channel) for channel in ("training", "validation", "test")}},
+        "hyperparameters": TINY,
+        "epochs": 3000, "early_stopping_patience": 3000,  # InProgress for far longer than the test
+        "learning_rate_multipliers": [1.0],
+    }
+    run = airflow.api(f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
+    path = f"/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run['dag_run_id'], safe='')}"
+    client = LocalSageMakerClient(airflow.jobs)
+
+    def status(job_name: str) -> str:
+        return client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=job_name)["HyperParameterTuningJobStatus"]
+
+    def deferred_wait() -> dict | None:
+        instances = airflow.api(f"{path}/taskInstances?limit=100")["task_instances"]
+        return next((ti for ti in instances if ti["task_id"] == "lane.wait" and ti["state"] == "deferred"), None)
+
+    try:
+        waiting = wait_until(deferred_wait, 300, "the wait to defer", airflow.process, airflow.log)
+        model, job_name = waiting["rendered_map_index"].split(" · ")[:2]  # rendered before `execute` deferred
+        assert model == "test_resnet" and job_name in client.store.tuning_job_names(), waiting
+        assert status(job_name) == "InProgress"
+
+        # The UI's "Mark as failed" on a mapped task instance sends this (patchTaskInstanceByMapIndex).
+        ti_path = f"{path}/taskInstances/lane.wait/{waiting['map_index']}"
+        marked = airflow.api(ti_path, method="PATCH", body={"new_state": "failed", "include_upstream": False, "include_downstream": False,
+                                 "include_future": False, "include_past": False})
+        assert [(ti["task_id"], ti["map_index"], ti["state"]) for ti in marked["task_instances"]] == [
+            ("lane.wait", waiting["map_index"], "failed")]
+
+        started = time.time()
+        ended = wait_until(lambda: (s := status(job_name)) in ("Stopping", "Stopped") and s, 60,
+                           f"{job_name} to stop after its wait was marked failed", airflow.process, airflow.log)
+        print(f"{job_name}: {ended} {time.time() - started:.1f} s after the wait was marked failed")
+        # It was the trigger's on_kill, called by the triggerer for a user action, that stopped it.
+        trigger_logs = (airflow.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run['dag_run_id']}" / "task_id=lane.wait"
+                        / f"map_index={waiting['map_index']}")
+        trigger_log = wait_until(
+            lambda: "asked to stop" in (text := "".join(p.read_text() for p in trigger_logs.glob("*.log.trigger.*"))) and text,
+            30, "the trigger's log of on_kill", airflow.process, airflow.log)
+        assert "Trigger cancelled by user action, invoking on_kill" in trigger_log
+        assert f"{job_name} asked to stop" in trigger_log
+        assert airflow.api(ti_path)["state"] == "failed"  # the kill did not resume the task
+    finally:
+        try:
+            airflow.api(path, {"state": "failed"}, method="PATCH")
+        finally:
+            for name in client.store.tuning_job_names():
+                if status(name) == "InProgress":
+                    client.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
 
 
 def test_the_trigger_form_runs_with_its_defaults(airflow, finished_run, browser):
@@ -277,7 +511,7 @@ def test_the_trigger_form_runs_with_its_defaults(airflow, finished_run, browser)
 
     def five_launched() -> list[dict] | None:
         instances = airflow.api(f"{path}/taskInstances?limit=100")["task_instances"]
-        launched = [ti for ti in instances if ti["task_id"] == "launch" and ti["state"] == "success"]
+        launched = [ti for ti in instances if ti["task_id"] == "lane.launch" and ti["state"] == "success"]
         return launched if len(launched) == 5 else None
 
     try:
@@ -292,3 +526,75 @@ def test_the_trigger_form_runs_with_its_defaults(airflow, finished_run, browser)
     assert conf["backend"] == "local" and conf["dataset"]["name"] == "digits" and conf["model_list"] is None
     assert sorted(ti["rendered_map_index"].split(" · ")[0] for ti in launched) == sorted(conf["model_ids"])
     assert len(conf["model_ids"]) == 5
+
+
+# -- the run view's pure parts, with the values Airflow and the backends give -----------------------
+
+NOW = 1_767_268_800.0  # 2026-01-01T12:00:00Z
+
+
+def test_a_deferred_launch_says_how_long_it_has_waited_and_how_often_it_checked():
+    # TaskInstance.next_kwargs of a launch deferred by TuningJobLaunchOperator._wait, as Airflow stores them
+    waiting = {"waits": 5, "waiting_since": NOW - 12 * 60 - 20, "kind": "capacity"}
+    assert launch_text("deferred", waiting, None, NOW, try_number=2) == "waiting for capacity: 12 min, 5 checks (try 2)"
+    assert launch_text("deferred", {**waiting, "kind": "throttled"}, None, NOW) == "waiting for throttling: 12 min, 5 checks"
+    # the trigger fired: Airflow adds the event and queues the task to check again
+    assert launch_text("queued", {**waiting, "event": None}, None, NOW) == "checking again (waited 12 min, 5 checks)"
+    assert launch_text("success", None, {"launch_waits": 2, "launch_wait_seconds": 181.0}, NOW) == "launched after 2 waits (3 min)"
+    assert launch_text("success", None, {"launch_waits": 0, "launch_wait_seconds": 0.0}, NOW) == "launched"
+    assert launch_text("failed", {"waits": 30, "waiting_since": NOW - 86_400}, None, NOW) == "failed after waiting 1 d, 30 checks"
+    assert launch_text(None, None, None, NOW) == "not started"
+    assert launch_text("upstream_failed", None, None, NOW) == "not run: an upstream task failed"
+
+
+def test_a_job_in_progress_shows_elapsed_time_counters_and_best_objective_so_far():
+    created = dt.datetime.fromtimestamp(NOW - 7 * 60, dt.timezone.utc)
+    description = {  # DescribeHyperParameterTuningJob, as boto3 and the local backend answer it
+        "HyperParameterTuningJobName": "ms1a2b3c4d-test-resnet-0f3e9a71", "HyperParameterTuningJobStatus": "InProgress",
+        "CreationTime": created,
+        "TrainingJobStatusCounters": {"Completed": 1, "InProgress": 1, "RetryableError": 0, "NonRetryableError": 0, "Stopped": 0},
+        "BestTrainingJob": {"FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "validation:accuracy", "Value": 0.875123}},
+    }
+    job = job_view(description, NOW)
+    assert (job.status, job.elapsed, job.training_jobs, job.best) == (
+        "InProgress", "7 min so far", "1 Completed, 1 InProgress", "validation:accuracy = 0.8751")
+    ended = job_view({**description, "HyperParameterTuningJobStatus": "Failed", "FailureReason": "No training job succeeded",
+                      "HyperParameterTuningEndTime": created + dt.timedelta(hours=2, minutes=5)}, NOW)
+    assert (ended.status, ended.elapsed, ended.failure_reason) == ("Failed", "ran 2 h 5 min", "No training job succeeded")
+
+
+def test_the_run_view_escapes_what_jobs_and_users_wrote_and_survives_an_unreadable_job():
+    run = RunState(dag_id=DAG_ID, run_id="manual__<b>2026</b>", state="running")
+    launches = [{"model_id": HOSTILE_MODEL, "job_name": "ms1-a", "attempt": 1, "map_index": 0, "hook_params": {}},
+                {"model_id": "resnet18", "job_name": "ms1-b", "attempt": 2, "map_index": 1, "hook_params": {}},
+                {"model_id": "resnet50", "job_name": "ms1-c", "attempt": 1, "map_index": 2, "hook_params": {}}]
+    run.xcoms[("plan", -1, "return_value")] = launches
+    run.xcoms[("plan", -1, "study")] = {"dataset": {"name": HOSTILE_DATASET}, "config_hash": "abc123"}
+    run.xcoms[("lane.wait", 0, "return_value")] = None
+    for map_index, state in ((0, "success"), (1, "success"), (2, "deferred")):
+        run.instances[("lane.launch", map_index)] = {"state": state, "try_number": 1,
+                                                     "next_kwargs": {"waits": 3, "waiting_since": NOW - 300, "kind": "quota"} if state == "deferred" else None}
+    run.instances[("lane.wait", 0)] = {"state": "failed", "try_number": 1}
+    run.instances[("lane.wait", 1)] = {"state": "deferred", "try_number": 1}
+
+    def describe(launch):
+        if launch["job_name"] == "ms1-b":
+            raise PermissionError("AccessDenied: not authorized to perform sagemaker:DescribeHyperParameterTuningJob")
+        return {"HyperParameterTuningJobName": "ms1-a", "HyperParameterTuningJobStatus": "Failed",
+                "CreationTime": dt.datetime.fromtimestamp(NOW - 60, dt.timezone.utc), "FailureReason": HOSTILE_REASON}
+
+    described = lanes(run, describe, NOW)
+    assert [lane.ended for lane in described] == ["Failed", "", ""]
+    assert described[1].job.status == (
+        "not readable: PermissionError: AccessDenied: not authorized to perform sagemaker:DescribeHyperParameterTuningJob")
+    assert described[2].launch == "waiting for quota: 5 min, 3 checks"
+    page = render_run_page(run, described, UILinks("/airflow"))
+    for hostile in (HOSTILE_MODEL, HOSTILE_REASON, HOSTILE_DATASET, run.run_id):
+        assert hostile not in page
+    table = LanesTable(page)
+    lanes_ = table.lanes()
+    assert lanes_[HOSTILE_MODEL]["reason"][0] == HOSTILE_REASON  # the text, shown as text
+    assert lanes_[HOSTILE_MODEL]["task instances"][1][0] == (
+        "/airflow/dags/image_classification_model_selection/runs/manual__%3Cb%3E2026%3C%2Fb%3E/tasks/lane.launch/mapped/0")
+    assert all(href.startswith("/airflow/") for href, _ in table.links), table.links
+    assert '<meta http-equiv="refresh" content="30">' in page

@@ -1,7 +1,7 @@
 """One result row per model: the best training job's metrics, or why there are none.
 
-It reads jobs through the SageMaker-shaped client only, so the same code collects from
-either backend; the report then reads rows and never talks to a backend.
+It reads jobs through the backend's hook only, so the same code collects from either
+backend; the report then reads rows and never talks to a backend.
 """
 
 from __future__ import annotations
@@ -10,13 +10,12 @@ import datetime as dt
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from model_selection.backends.api import RESOURCE_NOT_FOUND, error_code
-from model_selection.metrics import extract_final_metrics, metric_definitions
+from model_selection.metrics import extract_final_metrics
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +62,13 @@ def _local_details(model_artifacts: str | None) -> dict[str, Any]:
     }
 
 
-def _missing_from_log(row: dict[str, Any], training_job: str, read_log: Callable[[str], str] | None) -> None:
-    """Fill report metrics that FinalMetricDataList lacks from the training log, with the same regexes."""
+def _missing_from_log(row: dict[str, Any], training_job: str, hook: Any, definitions: list[dict[str, str]]) -> None:
+    """Fill report metrics that FinalMetricDataList lacks from the training log, with the request's own regexes."""
     missing = [name for name in REPORT_METRICS if row.get(name) is None]
-    if not missing or read_log is None:
+    if not missing or not definitions:
         return
     try:
-        found = extract_final_metrics(read_log(training_job), metric_definitions())
+        found = extract_final_metrics(hook.training_log(training_job), definitions)
     except Exception as error:  # noqa: BLE001 - a log we cannot read leaves the metric missing, not the row
         log.warning("could not read the log of %s for %s: %s", training_job, missing, error)
         return
@@ -79,46 +78,52 @@ def _missing_from_log(row: dict[str, Any], training_job: str, read_log: Callable
         row["metrics_from_log"] = sorted(recovered)
 
 
-def collect_row(client: Any, launch: Mapping[str, Any], study: Mapping[str, Any], run_id: str,
-                read_log: Callable[[str], str] | None = None) -> dict[str, Any]:
-    """Describe the tuning job and its best training job; failures become rows with their reason."""
+def collect_row(hook: Any, launch: Mapping[str, Any], study_settings: Mapping[str, Any], run_id: str) -> dict[str, Any]:
+    """Describe the tuning job and its best training job; any failure becomes the row's reason."""
     model_id = launch["model_id"]
+    backend = study_settings["backend"]
     row: dict[str, Any] = {
-        "dataset": study["dataset"]["name"],
+        "dataset": study_settings["dataset"]["name"],
         "model_id": model_id,
         "family": model_family(model_id),
-        "config_hash": study["config_hash"],
-        "backend": study["backend"],
+        "config_hash": study_settings["config_hash"],
+        "backend": backend,
+        "model_version": launch.get("model_version"),
         "tuning_job_name": launch["job_name"],
         "best_training_job_name": None,
         "status": None,
         "failure_reason": None,
         "learning_rate": None,
-        "throughput_measure": THROUGHPUT_MEASURES[study["backend"]],
-        "instance_type": study["instance_type"] if study["backend"] == "sagemaker" else None,
+        "throughput_measure": THROUGHPUT_MEASURES[backend],
+        "instance_type": study_settings["instance_type"] if backend == "sagemaker" else None,
         "dag_run_id": run_id,
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
     try:
-        tuning = client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=launch["job_name"])
-    except Exception as error:
-        if error_code(error) != RESOURCE_NOT_FOUND:
-            raise
-        return {**row, "status": "NotLaunched", "failure_reason": "the tuning job was never created (its launch failed)"}
-    row["status"] = tuning["HyperParameterTuningJobStatus"]
-    row["failure_reason"] = tuning.get("FailureReason")
-    if tuning.get("HyperParameterTuningEndTime") and tuning.get("CreationTime"):
-        row["tuning_duration"] = (tuning["HyperParameterTuningEndTime"] - tuning["CreationTime"]).total_seconds()
-    best = tuning.get("BestTrainingJob")
-    if row["status"] != "Completed" or not best:
-        if row["status"] in ("InProgress", "Stopping"):
-            row["failure_reason"] = f"still {row['status']} when metrics were collected"
-        return row
-    training = client.describe_training_job(TrainingJobName=best["TrainingJobName"])
+        tuning = hook.describe(launch["job_name"])
+        if tuning is None:
+            return {**row, "status": "NotLaunched", "failure_reason": "the tuning job was never created (its launch failed)"}
+        row["status"] = tuning["HyperParameterTuningJobStatus"]
+        row["failure_reason"] = tuning.get("FailureReason")
+        if tuning.get("HyperParameterTuningEndTime") and tuning.get("CreationTime"):
+            row["tuning_duration"] = (tuning["HyperParameterTuningEndTime"] - tuning["CreationTime"]).total_seconds()
+        best = tuning.get("BestTrainingJob")
+        if row["status"] != "Completed" or not best:
+            if row["status"] in ("InProgress", "Stopping"):
+                row["failure_reason"] = f"still {row['status']} when metrics were collected"
+            return row
+        training = hook.describe_training_job(best["TrainingJobName"])
+    except Exception as error:  # noqa: BLE001 - one model's unreadable job must not lose the other rows
+        log.warning("could not read the jobs of %s: %s", model_id, error)
+        return {**row, "status": row["status"] or "Unknown",
+                "failure_reason": f"its jobs could not be read: {type(error).__name__}: {error}"}
     row["best_training_job_name"] = best["TrainingJobName"]
     row["learning_rate"] = float(best["TunedHyperParameters"]["learning_rate"])
     row["hyperparameters"] = json.dumps(training.get("HyperParameters", {}), sort_keys=True)
+    row["model_artifacts"] = (training.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
+    row["billable_seconds"] = training.get("BillableTimeInSeconds")
     row.update({metric["MetricName"]: metric["Value"] for metric in training.get("FinalMetricDataList", [])})
-    _missing_from_log(row, best["TrainingJobName"], read_log)
-    row.update(_local_details((training.get("ModelArtifacts") or {}).get("S3ModelArtifacts")))
+    definitions = tuning.get("TrainingJobDefinition", {}).get("AlgorithmSpecification", {}).get("MetricDefinitions", [])
+    _missing_from_log(row, best["TrainingJobName"], hook, definitions)
+    row.update(_local_details(row["model_artifacts"]))
     return row

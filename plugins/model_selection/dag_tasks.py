@@ -11,14 +11,18 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def client_settings(study: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+LANE = "lane"  # the mapped task group of one model's launch and wait
+LAUNCH_TASK, WAIT_TASK = f"{LANE}.launch", f"{LANE}.wait"
+
+
+def hook_params(study_settings: Mapping[str, Any]) -> dict[str, Any]:
     """How any task reaches the study's backend: a jobs folder, or an Airflow AWS connection."""
-    if study["backend"] == "local":
+    if study_settings["backend"] == "local":
         from model_selection.local.jobstore import default_jobs_root
 
         return {"backend": "local", "jobs_root": str(default_jobs_root())}
-    return {"backend": "sagemaker", "aws_conn_id": params.get("aws_conn_id") or "aws_default",
-            "region_name": params.get("region_name") or None}
+    return {"backend": "sagemaker", "aws_conn_id": study_settings["aws_conn_id"],
+            "region_name": study_settings["region_name"]}
 
 
 def plan_task(params: Mapping[str, Any], project_root: Path) -> dict[str, Any]:
@@ -27,52 +31,58 @@ def plan_task(params: Mapping[str, Any], project_root: Path) -> dict[str, Any]:
 
     from model_selection.local.jobstore import default_jobs_root
     from model_selection.naming import study_prefix
-    from model_selection.planning import plan
+    from model_selection.planning import plan_study
     from model_selection.study import StudyError
 
     try:
-        planned = plan(dict(params), project_root, str(default_jobs_root()))
+        planned = plan_study(dict(params), project_root, str(default_jobs_root()))
     except StudyError as error:
         raise AirflowFailException(f"the run's inputs cannot be used:\n{error}") from error
     study = planned["study"]
-    client = client_settings(study, params)
+    settings = hook_params(study)
     prefix = study_prefix(study["dataset"]["name"], study["config_hash"])
-    for map_index, launch in enumerate(planned["launches"]):  # the map index of its launch and wait tasks
-        launch.update(client=client, study_prefix=prefix, max_concurrent_tuning_jobs=study["max_concurrent_tuning_jobs"],
-                      map_index=map_index)
-    log.info("study %s on %s: %d model(s) to launch, %d already have results%s", study["config_hash"],
+    for map_index, launch in enumerate(planned["launches"]):  # the map index of its lane
+        launch.update(hook_params=settings, study_prefix=prefix, map_index=map_index,
+                      max_concurrent_tuning_jobs=study["max_concurrent_tuning_jobs"],
+                      max_capacity_wait_seconds=study["max_capacity_wait_hours"] * 3600)
+    attaching = [launch["model_id"] for launch in planned["launches"] if launch["attaching"]]
+    log.info("study %s on %s: %d model(s) to launch, %d already have results%s%s", study["config_hash"],
              study["dataset"]["name"], len(planned["launches"]), len(planned["skipped"]),
-             f" (skipped: {', '.join(planned['skipped'])})" if planned["skipped"] else "")
-    return {**planned, "client": client}
+             f" (skipped: {', '.join(planned['skipped'])})" if planned["skipped"] else "",
+             f"; attaching to the running jobs of {', '.join(attaching)}" if attaching else "")
+    return {**planned, "hook_params": settings}
 
 
 def collect_task(ti: Any, run_id: str) -> dict[str, Any]:
-    """Rows for every planned model, whatever its launch and wait did; pulled here, not passed in,
-    so that a failed plan skips this task instead of failing it on a missing XCom."""
+    """Rows for every planned model, whatever its lane did; pulled here, not passed in, so that a
+    failed plan skips this task instead of failing it on a missing XCom.
+
+    Idempotent: the rows are written as this run's batch, so a retry replaces them.
+    """
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from model_selection.backends import get_client, get_log_reader
     from model_selection.collection import collect_row
+    from model_selection.hooks import tuning_job_hook
     from model_selection.results import ResultsStore
 
     launches = ti.xcom_pull(task_ids="plan")
     study = ti.xcom_pull(task_ids="plan", key="study")
     if study is None:
         raise AirflowSkipException("the plan did not succeed: there is nothing to collect")
-    settings = ti.xcom_pull(task_ids="plan", key="client")
-    backend, read_log = get_client(**settings), get_log_reader(**settings)
-    rows = [{**collect_row(backend, launch, study, run_id, read_log), **airflow_figures(ti, launch)} for launch in launches]
+    hook = tuning_job_hook(ti.xcom_pull(task_ids="plan", key="hook_params"))
+    rows = [{**collect_row(hook, launch, study, run_id), **airflow_figures(ti, launch)} for launch in launches]
     for row in rows:
         log.info("%s: %s%s", row["model_id"], row["status"], f" ({row['failure_reason']})" if row["failure_reason"] else "")
-    written = ResultsStore(study["results_uri"], conn_id=study["aws_conn_id"]).append(rows, run_id=run_id) if rows else []
+    store = ResultsStore(study["results_uri"], conn_id=study["aws_conn_id"])
+    written = store.append(rows, run_id=run_id, batch="collected") if rows else []
     failed = [row["model_id"] for row in rows if row["status"] != "Completed"]
     return {"collected": len(rows), "completed": len(rows) - len(failed), "failed": failed, "files": written}
 
 
 def airflow_figures(ti: Any, launch: Mapping[str, Any]) -> dict[str, Any]:
-    """Where the model's tasks are and what its launch and wait cost, from their XComs (none if they failed)."""
-    launched = ti.xcom_pull(task_ids="launch", map_indexes=launch["map_index"]) or {}
-    waited = ti.xcom_pull(task_ids="wait", map_indexes=launch["map_index"]) or {}
+    """Where the model's lane is and what its launch and wait cost, from their XComs (none if they failed)."""
+    launched = ti.xcom_pull(task_ids=LAUNCH_TASK, map_indexes=launch["map_index"]) or {}
+    waited = ti.xcom_pull(task_ids=WAIT_TASK, map_indexes=launch["map_index"]) or {}
     return {
         "dag_id": ti.dag_id,
         "map_index": launch["map_index"],

@@ -53,12 +53,7 @@ def dataset_metric_names(num_classes: int, binary: bool) -> tuple[str, ...]:
     return MULTICLASS_METRICS
 
 
-def metric_definitions(dataset_metrics: Iterable[str] = BINARY_METRICS + TOP_K_METRICS) -> list[dict[str, str]]:
-    """SageMaker `MetricDefinitions` for every figure the trainer prints.
-
-    By default it covers every metric any problem type prints, so one request shape
-    serves binary and multi-class data sets alike (absent metrics are simply not found).
-    """
+def _definitions(dataset_metrics: Iterable[str]) -> list[dict[str, str]]:
     definitions = [{"Name": name, "Regex": prefix + NUMBER} for name, prefix in SUMMARY_METRIC_PATTERNS.items()]
     for metric in dataset_metrics:
         definitions += [
@@ -67,6 +62,35 @@ def metric_definitions(dataset_metrics: Iterable[str] = BINARY_METRICS + TOP_K_M
             {"Name": f"test_{metric}", "Regex": f"- Test {metric}: {NUMBER}"},
         ]
     return definitions
+
+
+def max_metric_definitions() -> int:
+    """How many `MetricDefinitions` one training-job definition may carry, from SageMaker's service model."""
+    from model_selection.backends.api import member_limit
+
+    return member_limit("HyperParameterAlgorithmSpecification", "MetricDefinitions")
+
+
+def metric_definitions(num_classes: int, binary: bool) -> list[dict[str, str]]:
+    """SageMaker `MetricDefinitions` for exactly the figures the trainer prints for this problem type.
+
+    The summary figures, then train/val/test of `dataset_metric_names(num_classes, binary)`.
+    Raises ValueError rather than build more definitions than SageMaker accepts.
+    """
+    definitions = _definitions(dataset_metric_names(num_classes, binary))
+    cap = max_metric_definitions()
+    if len(definitions) > cap:
+        raise ValueError(f"{len(definitions)} metric definitions for a {num_classes}-class "
+                         f"{'binary ' if binary else ''}problem; SageMaker takes at most {cap}")
+    return definitions
+
+
+def all_metric_definitions() -> list[dict[str, str]]:
+    """Definitions of every figure any problem type prints: for reading a log, never for a request.
+
+    They are one more than SageMaker's MetricDefinitions maximum, so a request carrying them is refused.
+    """
+    return _definitions(dict.fromkeys(BINARY_METRICS + MULTICLASS_METRICS + TOP_K_METRICS))
 
 
 def extract_final_metrics(log_text: str, definitions: Iterable[Mapping[str, str]]) -> dict[str, float]:

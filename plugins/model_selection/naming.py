@@ -4,7 +4,7 @@
 
 `study` (6 hex) is the same for every model of a data set and configuration, so one
 `NameContains` lists a study's jobs; the readable slug tells a person which model it is;
-the digest (8 hex of dataset, configuration, model id and attempt) tells models apart.
+the digest (8 hex of dataset, configuration, model id, JumpStart version and attempt) tells models apart.
 The same inputs always give the same name, so a retried or re-run launch finds the job
 it already started instead of starting another.
 """
@@ -32,9 +32,12 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def tuning_job_name(dataset: str, config_hash: str, model_id: str, attempt: int = 0) -> str:
+def tuning_job_name(dataset: str, config_hash: str, model_id: str, previous_attempts: int = 0,
+                    model_version: str | None = None) -> str:
+    """`previous_attempts` counts this model's ended attempts; a JumpStart version, when given, is part of the identity."""
     prefix = study_prefix(dataset, config_hash)
-    digest = _digest(dataset, config_hash, model_id, str(attempt), length=DIGEST_LENGTH)
+    identity = [dataset, config_hash, model_id, str(previous_attempts)] + ([model_version] if model_version else [])
+    digest = _digest(*identity, length=DIGEST_LENGTH)
     room = MAX_TUNING_JOB_NAME - len(prefix) - len(digest) - 2
     readable = slug(model_id)[:room].strip("-") or "model"
     return f"{prefix}-{readable}-{digest}"

@@ -4,121 +4,128 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from functools import cached_property
 from typing import Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
-from model_selection.backends.api import (
-    RESOURCE_IN_USE,
-    RESOURCE_LIMIT_EXCEEDED,
-    RESOURCE_NOT_FOUND,
-    THROTTLING_CODES,
-    error_code,
-)
-from model_selection.tuning_request import build_tuning_request
+from model_selection.links import TuningJobConsoleLink, persist_console_links
+
+DEFAULT_MAX_CAPACITY_WAIT = dt.timedelta(hours=24)
 
 
 class TuningJobLaunchOperator(BaseOperator):
     """Creates the tuning job `launch` describes, or attaches to the one an earlier try created.
 
-    `launch` is one entry of the plan: `{"model_id", "job_name", "spec", "client",
-    "study_prefix", "max_concurrent_tuning_jobs"}`. The job name is derived from the data
-    set, configuration and model, so a retry, a cleared task or a re-run finds its job.
-    While the study already has `max_concurrent_tuning_jobs` jobs in flight, or the
-    service answers ResourceLimitExceeded or throttles, the task defers and tries again
-    later (the wait doubling up to `max_wait_seconds`), holding no worker slot and
-    losing no model. Returns `{"job_name", "model_id", "client"}` for the sensor, plus
-    what the launch cost: `launch_waits`, `launch_wait_seconds` and `launch_try_number`.
-    How the launch stands is also set as `launch_status` in the context, for the DAG's
-    `map_index_template`, so the grid shows "waiting: ..." or "launched" per model.
+    `launch` is one entry of the plan: `{"model_id", "job_name", "attempt", "spec", "hook_params",
+    "study_prefix", "max_concurrent_tuning_jobs", "max_capacity_wait_seconds"}`. The job name
+    is derived from the data set, configuration and model, so a retry, a cleared task or a
+    re-run finds its job instead of paying for a second one.
+
+    Two kinds of waiting, both deferred (no worker slot held, no model lost):
+    - the study has `max_concurrent_tuning_jobs` in flight: re-check every `capacity_check_seconds`,
+      so freed capacity is used promptly;
+    - the service throttles or answers ResourceLimitExceeded: back off, doubling from
+      `wait_seconds` up to `max_wait_seconds`.
+    All waiting together is bounded by `max_capacity_wait_seconds` (default 24 h); then the
+    launch fails naming the quota and the time waited. A quota below what one job asks for
+    fails at once with the service's message.
+
+    Returns `{"job_name", "model_id", "hook_params"}` for the sensor, plus what the launch
+    cost: `launch_waits`, `launch_wait_seconds`, `launch_try_number`. How the launch stands
+    is set as `launch_status` in the context for the DAG's `map_index_template`.
     """
 
+    template_fields = ("launch",)  # resolves the plan's entry inside a mapped task group
     ui_color = "#e8f3ff"
+    operator_extra_links = (TuningJobConsoleLink(),)
 
     def __init__(self, *, launch: dict[str, Any], wait_seconds: float = 60, max_wait_seconds: float = 900,
-                 **kwargs: Any):
+                 capacity_check_seconds: float = 60, **kwargs: Any):
         super().__init__(**kwargs)
         self.launch = launch
         self.wait_seconds = wait_seconds
         self.max_wait_seconds = max_wait_seconds
+        self.capacity_check_seconds = capacity_check_seconds
 
     @property
     def job_name(self) -> str:
         return self.launch["job_name"]
 
-    def execute(self, context: Any, event: Any = None, waits: int = 0, waiting_since: float | None = None) -> dict[str, Any]:
-        from model_selection.backends import get_client
+    @cached_property
+    def hook(self) -> Any:
+        from model_selection.hooks import tuning_job_hook
 
-        client = get_client(**self.launch["client"])
+        return tuning_job_hook(self.launch["hook_params"])
+
+    def execute(self, context: Any, event: Any = None, waits: int = 0, waiting_since: float | None = None,
+                kind: str | None = None) -> dict[str, Any]:
+        """`waits`, `waiting_since` and `kind` (what the last wait was for) come back from a deferral."""
+        from model_selection.hooks import NameTaken, QuotaExceeded, Throttled
+
         waited_seconds = round(time.time() - waiting_since, 1) if waiting_since else 0.0
-        result = {"job_name": self.job_name, "model_id": self.launch["model_id"], "client": self.launch["client"],
-                  "launch_waits": waits, "launch_wait_seconds": waited_seconds,
+        result = {"job_name": self.job_name, "model_id": self.launch["model_id"],
+                  "hook_params": self.launch["hook_params"], "launch_waits": waits,
+                  "launch_wait_seconds": waited_seconds,
                   "launch_try_number": getattr(context.get("ti"), "try_number", None)}
+        request = self._request(context)
         try:
-            if self._attach(client, context):
-                return result
-            in_flight = self._in_flight(client)
-            if in_flight >= self.launch["max_concurrent_tuning_jobs"]:
-                self._wait(context, f"{in_flight} of this study's tuning jobs are in flight (limit "
-                           f"{self.launch['max_concurrent_tuning_jobs']})", "quota", waits, waiting_since)
-            client.create_hyper_parameter_tuning_job(**self._request(context))
-        except Exception as error:
-            code = error_code(error)
-            if code == RESOURCE_IN_USE and self._attach(client, context):
-                return result
-            if code == RESOURCE_LIMIT_EXCEEDED or code in THROTTLING_CODES:
-                self._wait(context, f"the service answered {code}: {error}",
-                           "quota" if code == RESOURCE_LIMIT_EXCEEDED else "throttled", waits, waiting_since)
-            raise
+            status = self.hook.existing_status(request)
+            if status is None:
+                in_flight = self.hook.count_in_flight(self.launch["study_prefix"])
+                limit = self.launch["max_concurrent_tuning_jobs"]
+                if in_flight >= limit:
+                    self._wait(context, f"{in_flight} of this study's tuning jobs are in flight (limit {limit})",
+                               "capacity", waits, waiting_since)
+                attached, status = self.hook.create_or_attach(request)
+            else:
+                attached = True
+        except NameTaken as error:
+            raise AirflowFailException(str(error)) from error  # retrying cannot free the name
+        except QuotaExceeded as error:
+            if error.never_fits:
+                raise AirflowFailException(f"the account's quota can never fit this job: {error}") from error
+            self._wait(context, f"the service answered ResourceLimitExceeded: {error}", "quota", waits, waiting_since)
+        except Throttled as error:
+            self._wait(context, f"the service throttled the launch: {error}", "throttled", waits, waiting_since)
+        persist_console_links(context, self, self.hook, self.job_name)
+        if attached:
+            context["launch_status"] = f"attached to the existing job ({status})"
+            self.log.info("%s already exists (%s): attaching instead of launching again", self.job_name, status)
+            return result
         waited = f" after {waits} waits ({waited_seconds:.0f} s)" if waits else ""
         context["launch_status"] = f"launched{waited}"
-        self.log.info("launched %s for %s%s; waited %.0f s in all for quota or throttling", self.job_name,
-                      self.launch["model_id"], waited, waited_seconds)
+        self.log.info("launched %s for %s%s", self.job_name, self.launch["model_id"], waited)
         return result
 
     def _request(self, context: Any) -> dict[str, Any]:
+        from model_selection.tuning_request import build_tuning_request
+
+        spec = dict(self.launch["spec"])
         tags = {
+            **spec.pop("tags", {}),
             "model-selection:dag-id": context["dag"].dag_id,
             "model-selection:run-id": context["run_id"],
             "model-selection:model-id": self.launch["model_id"],
         }
-        return build_tuning_request(self.job_name, **self.launch["spec"], tags=tags)
-
-    def _attach(self, client: Any, context: Any) -> bool:
-        """True when the job exists already and is this model's; a name collision is an error."""
-        try:
-            description = client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=self.job_name)
-        except Exception as error:
-            if error_code(error) == RESOURCE_NOT_FOUND:
-                return False
-            raise
-        static = description.get("TrainingJobDefinition", {}).get("StaticHyperParameters", {})
-        expected = build_tuning_request(self.job_name, **self.launch["spec"])["TrainingJobDefinition"][
-            "StaticHyperParameters"
-        ]
-        if {key: static.get(key) for key in expected} != expected:
-            raise AirflowFailException(
-                f"a tuning job named {self.job_name} exists but was not launched for {self.launch['model_id']} "
-                "with this configuration; refusing to attach to it"
-            )
-        status = description["HyperParameterTuningJobStatus"]
-        context["launch_status"] = f"attached to the existing job ({status})"
-        self.log.info("%s already exists (%s): attaching instead of launching again", self.job_name, status)
-        return True
-
-    def _in_flight(self, client: Any) -> int:
-        """This study's tuning jobs in progress: one filtered listing, not a scan of all jobs."""
-        answer = client.list_hyper_parameter_tuning_jobs(
-            StatusEquals="InProgress", NameContains=self.launch["study_prefix"], MaxResults=100
-        )
-        return len(answer["HyperParameterTuningJobSummaries"])
+        return build_tuning_request(self.job_name, **spec, tags=tags)
 
     def _wait(self, context: Any, why: str, kind: str, waits: int, waiting_since: float | None) -> None:
-        """Defer and come back to `execute`; the time waited is measured from the first wait."""
-        delay = min(self.wait_seconds * 2**waits, self.max_wait_seconds)
+        """Defer and come back to `execute`; fail once all waiting has lasted longer than allowed."""
         waiting_since = waiting_since or time.time()
         waited_seconds = time.time() - waiting_since
+        limit = float(self.launch.get("max_capacity_wait_seconds") or DEFAULT_MAX_CAPACITY_WAIT.total_seconds())
+        if waited_seconds >= limit:
+            raise AirflowFailException(
+                f"gave up launching {self.job_name} after waiting {waited_seconds / 3600:.1f} h "
+                f"({waits} waits; the limit is {limit / 3600:.1f} h): {why}"
+            )
+        if kind == "capacity":
+            delay = self.capacity_check_seconds
+        else:
+            delay = min(self.wait_seconds * 2**waits, self.max_wait_seconds)
+        delay = min(delay, limit - waited_seconds)
         context["launch_status"] = f"waiting ({kind}): wait {waits + 1}, {waited_seconds:.0f} s so far"
         self.log.warning("not launching %s yet: %s; trying again in %.0f s (wait %d, %.0f s so far)",
                          self.job_name, why, delay, waits + 1, waited_seconds)
@@ -127,5 +134,5 @@ class TuningJobLaunchOperator(BaseOperator):
         self.defer(
             trigger=TimeDeltaTrigger(dt.timedelta(seconds=delay)),
             method_name="execute",
-            kwargs={"waits": waits + 1, "waiting_since": waiting_since},
+            kwargs={"waits": waits + 1, "waiting_since": waiting_since, "kind": kind},
         )

@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from model_selection.metrics import metric_definitions
 from model_selection.naming import tuning_job_name
-from model_selection.results import ResultsStore
+from model_selection.results import ResultsStore, model_histories
 from model_selection.study import Study, StudyError
 from model_selection.tuning_request import LOCAL_ROLE_ARN, learning_rate_values
 
@@ -28,8 +29,30 @@ def study_hyperparameters(study: Study) -> dict[str, str]:
     }
 
 
+# What the local backend trains with (requirements-local.txt); a SageMaker-only worker has none of it.
+LOCAL_TRAINING_STACK = ("torch", "torchvision", "timm")
+
+
+def missing_local_stack() -> list[str]:
+    import importlib.util
+
+    missing = []
+    for name in LOCAL_TRAINING_STACK:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except ValueError:  # a module set to None in sys.modules: deliberately absent
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
 def local_problems(study: Study) -> list[str]:
     """Data folders, hyperparameter names and values, and model ids, for the local backend."""
+    missing = missing_local_stack()
+    if missing:
+        return [f"backend 'local' trains on this worker, which lacks {', '.join(missing)} (requirements-local.txt): "
+                "install them here, or choose backend 'sagemaker'"]
     from model_selection.local.data import DataError, class_folders
     from model_selection.local.hyperparameters import HyperparameterError, parse_hyperparameters
     from model_selection.local.model import ModelError, check_model_id
@@ -62,21 +85,30 @@ def local_problems(study: Study) -> list[str]:
 
 def local_launch_spec(study: Study, model_id: str, jobs_root: str) -> dict[str, Any]:
     """The `build_tuning_request` arguments of one model on the local backend."""
-    from model_selection.local.hyperparameters import Hyperparameters
+    from model_selection.local.data import class_folders
+    from model_selection.local.hyperparameters import Hyperparameters, parse_hyperparameters
 
+    hyperparameters = study_hyperparameters(study)
     default_rate = float(study.hyperparameters.get("learning_rate", Hyperparameters.learning_rate))
+    classes = class_folders("training", Path(study.dataset.training))
     return {
-        "static_hyperparameters": {**study_hyperparameters(study), "model_id": model_id},
+        "static_hyperparameters": {**hyperparameters, "model_id": model_id},
         "learning_rates": learning_rate_values(default_rate, study.learning_rate_multipliers),
         "channels": {channel: Path(location).as_uri() for channel, location in study.dataset.channels().items()},
+        "metric_definitions": metric_definitions(len(classes), parse_hyperparameters(hyperparameters)[0].binary_mode),
         "role_arn": LOCAL_ROLE_ARN,
         "output_path": Path(jobs_root).as_uri(),
         "instance_type": study.instance_type,
     }
 
 
-def plan(params: dict[str, Any], project_root: Path, jobs_root: str) -> dict[str, Any]:
-    """The study's settings, one launch per model still to train, and the models skipped."""
+def plan_study(params: dict[str, Any], project_root: Path, jobs_root: str) -> dict[str, Any]:
+    """The study's settings, one launch per model still to train, and the models skipped.
+
+    The results store is read once for the whole plan. A model whose latest job is still
+    running keeps that job's name, so its launch attaches to it; only ended attempts
+    (Failed, Stopped, NotLaunched) move a model on to a new job name.
+    """
     study, problems = Study.parse(params, project_root)
     specs: dict[str, dict[str, Any]] = {}
     if study.backend == "local":
@@ -89,24 +121,29 @@ def plan(params: dict[str, Any], project_root: Path, jobs_root: str) -> dict[str
     store = ResultsStore(study.results_uri, conn_id=study.aws_conn_id)
     try:
         store.check_writable()
-    except Exception as error:  # noqa: BLE001 - any storage error means "cannot write results there"
-        problems.append(f"results_uri {study.results_uri!r} cannot be written: {type(error).__name__}: {error}")
+        rows = store.read_all()
+    except Exception as error:  # noqa: BLE001 - any storage error means "cannot use results there"
+        problems.append(f"results_uri {study.results_uri!r} cannot be used: {type(error).__name__}: {error}")
     if problems:
         raise StudyError("\n".join(f"- {problem}" for problem in problems))
 
     if study.backend == "local":
         specs = {model_id: local_launch_spec(study, model_id, jobs_root) for model_id in study.model_ids}
     launches, skipped = [], []
-    for model_id in specs:
-        attempts, completed = store.attempts(study.dataset.name, model_id, study.config_hash)
-        if completed and not study.force:
+    for model_id, spec in specs.items():
+        version = spec.get("jumpstart_model_version")
+        history = model_histories(rows, study.dataset.name, study.config_hash, version).get(model_id)
+        if history and history.completed and not study.force:
             skipped.append(model_id)
             continue
+        previous = history.ended_attempts if history else 0
         launches.append({
             "model_id": model_id,
-            "job_name": tuning_job_name(study.dataset.name, study.config_hash, model_id, attempts),
-            "attempt": attempts + 1,
-            "spec": specs[model_id],
+            "model_version": version,
+            "job_name": tuning_job_name(study.dataset.name, study.config_hash, model_id, previous, version),
+            "attempt": previous + 1,
+            "attaching": bool(history and history.running_job),
+            "spec": {key: value for key, value in spec.items() if key != "jumpstart_model_version"},
         })
     names = [launch["job_name"] for launch in launches]
     if len(set(names)) != len(names):

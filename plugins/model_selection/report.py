@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from model_selection.dag_tasks import LAUNCH_TASK, WAIT_TASK
 from model_selection.frontier import (
     COMPLETED,
     DEFAULT_OBJECTIVES,
@@ -402,8 +403,9 @@ def _run_cells(row: Mapping[str, Any], links: AirflowLinks | None) -> list[Any]:
     if links is None or not dag_id or not run_id:
         return [run_text, MISSING, MISSING]
     tasks = [MISSING, MISSING] if map_index is None else [
-        Link(f"{task_id}[{map_index}]", links.task_instance(str(dag_id), str(run_id), task_id, int(map_index)))
-        for task_id in ("launch", "wait")
+        Link(f"{task_id.rsplit('.', 1)[-1]}[{map_index}]",
+             links.task_instance(str(dag_id), str(run_id), task_id, int(map_index)))
+        for task_id in (LAUNCH_TASK, WAIT_TASK)
     ]
     return [Link(run_text, links.dag_run(str(dag_id), str(run_id))), *tasks]
 

@@ -4,7 +4,8 @@
 
 Every write is a new file, written under a temporary name and then renamed, so two
 runs writing at once lose nothing and a run killed while writing leaves no torn rows
-(a leftover `.tmp` file is ignored). Reading takes the union and keeps, per dataset,
+(a leftover `.tmp` file is ignored). A write named by a batch (the DAG run's collection)
+replaces its own file when repeated, so a retried collection adds no rows. Reading takes the union and keeps, per dataset,
 model id and configuration hash, the latest row. A local folder or any URI Airflow's
 object storage knows (`s3://bucket/prefix` through the AWS connection) works.
 """
@@ -12,16 +13,23 @@ object storage knows (`s3://bucket/prefix` through the AWS connection) works.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 RESULTS_URI_VARIABLE = "MODEL_SELECTION_RESULTS_URI"
 ROW_KEY = ("dataset", "model_id", "config_hash")
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+# A job that ended without a result counts as an attempt; one still running is attached to, not repeated.
+ENDED_WITHOUT_RESULT = ("Failed", "Stopped", "NotLaunched")
+STILL_RUNNING = ("InProgress", "Stopping")
 
 
 def default_results_uri() -> str:
@@ -62,25 +70,28 @@ class ResultsStore:
         probe.write_text("probe")
         probe.unlink()
 
-    def append(self, rows: Iterable[Mapping[str, Any]], run_id: str = "manual") -> list[str]:
-        """Write the rows, one new file per dataset; returns the files written."""
+    def append(self, rows: Iterable[Mapping[str, Any]], run_id: str = "manual", batch: str | None = None) -> list[str]:
+        """Write the rows, one file per dataset; returns the files written.
+
+        A `batch` names the write: writing the same batch again replaces its files instead of
+        adding rows, so a retried task never duplicates results. Without one, every call is new.
+        """
         by_dataset: dict[str, list[Mapping[str, Any]]] = {}
         for row in rows:
             by_dataset.setdefault(str(row["dataset"]), []).append(row)
+        suffix = safe_file_name(batch) if batch else uuid.uuid4().hex[:12]
         written = []
         for dataset, dataset_rows in by_dataset.items():
             folder = self.root / "rows" / safe_file_name(dataset)
             folder.mkdir(parents=True, exist_ok=True)
-            name = f"{safe_file_name(run_id)}-{uuid.uuid4().hex[:12]}.jsonl"
-            temporary = folder / f".{name}.tmp"
-            temporary.write_text("".join(json.dumps(dict(row), default=str, sort_keys=True) + "\n" for row in dataset_rows))
-            final = folder / name
-            temporary.rename(final)
+            final = folder / f"{safe_file_name(run_id)}-{suffix}.jsonl"
+            _write_then_rename(final, "".join(json.dumps(dict(row), default=str, sort_keys=True) + "\n"
+                                              for row in dataset_rows))
             written.append(str(final))
         return written
 
     def read_all(self) -> list[dict[str, Any]]:
-        """Every row ever written, oldest file first."""
+        """Every row ever written, oldest file first; a malformed line is skipped with a warning."""
         rows_root = self.root / "rows"
         if not rows_root.exists():
             return []
@@ -91,23 +102,83 @@ class ResultsStore:
         )
         rows = []
         for path in files:
-            rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            for number, line in enumerate(path.read_text().splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as error:
+                    log.warning("results store: skipping malformed line %d of %s: %s", number, path, error)
+                    continue
+                if isinstance(row, dict):
+                    rows.append(row)
+                else:
+                    log.warning("results store: skipping line %d of %s: not a JSON object", number, path)
         return rows
 
     def read_latest(self, dataset: str | None = None, config_hash: str | None = None) -> list[dict[str, Any]]:
         """The latest row per (dataset, model id, configuration hash), optionally filtered."""
-        latest: dict[tuple[str, ...], dict[str, Any]] = {}
-        for row in self.read_all():
-            if dataset is not None and row.get("dataset") != dataset:
-                continue
-            if config_hash is not None and row.get("config_hash") != config_hash:
-                continue
-            key = row_key(row)
-            if key not in latest or str(row.get("finished_at", "")) >= str(latest[key].get("finished_at", "")):
-                latest[key] = row
-        return sorted(latest.values(), key=lambda row: (row.get("dataset", ""), row.get("model_id", "")))
+        return latest_rows(self.read_all(), dataset, config_hash)
 
-    def attempts(self, dataset: str, model_id: str, config_hash: str) -> tuple[int, bool]:
-        """How many rows this model has under this configuration, and whether one completed."""
-        rows = [row for row in self.read_all() if row_key(row) == (dataset, model_id, config_hash)]
-        return len(rows), any(row.get("status") == "Completed" for row in rows)
+
+def latest_rows(rows: Iterable[Mapping[str, Any]], dataset: str | None = None,
+                config_hash: str | None = None) -> list[dict[str, Any]]:
+    """The latest row per (dataset, model id, configuration hash), optionally filtered."""
+    latest: dict[tuple[str, ...], dict[str, Any]] = {}
+    for row in rows:
+        if dataset is not None and row.get("dataset") != dataset:
+            continue
+        if config_hash is not None and row.get("config_hash") != config_hash:
+            continue
+        key = row_key(row)
+        if key not in latest or str(row.get("finished_at", "")) >= str(latest[key].get("finished_at", "")):
+            latest[key] = dict(row)
+    return sorted(latest.values(), key=lambda row: (row.get("dataset", ""), row.get("model_id", "")))
+
+
+def _write_then_rename(final: Any, text: str) -> None:
+    """Readers never see half a file: write a hidden temporary (flushed to disk when local), then rename."""
+    temporary = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
+    if isinstance(temporary, Path):
+        with open(temporary, "w") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, final)
+    else:
+        temporary.write_text(text)
+        if final.exists():
+            final.unlink()  # object storage: a rename onto an existing key is not an overwrite everywhere
+        temporary.rename(final)
+
+
+@dataclass(frozen=True)
+class ModelHistory:
+    """What the store says of one model under one configuration, for the plan."""
+
+    ended_attempts: int  # distinct jobs that ended without a result: Failed, Stopped, NotLaunched
+    completed: bool
+    running_job: str | None  # the job of the latest row when it was still InProgress or Stopping
+
+
+def model_histories(rows: Iterable[Mapping[str, Any]], dataset: str, config_hash: str,
+                    model_version: str | None = None) -> dict[str, ModelHistory]:
+    """Per model id: ended attempts, whether one completed, and a job still running. One read serves a whole plan.
+
+    A JumpStart model's version is part of its configuration: rows of another version do not count.
+    """
+    by_model: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        if (row.get("dataset") == dataset and row.get("config_hash") == config_hash
+                and (model_version is None or row.get("model_version") == model_version)):
+            by_model.setdefault(str(row.get("model_id")), []).append(row)
+    histories = {}
+    for model_id, model_rows in by_model.items():
+        ended = {row.get("tuning_job_name") for row in model_rows if row.get("status") in ENDED_WITHOUT_RESULT}
+        latest = max(model_rows, key=lambda row: str(row.get("finished_at", "")))
+        histories[model_id] = ModelHistory(
+            ended_attempts=len(ended),
+            completed=any(row.get("status") == "Completed" for row in model_rows),
+            running_job=latest.get("tuning_job_name") if latest.get("status") in STILL_RUNNING else None,
+        )
+    return histories

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from functools import cached_property
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
+from airflow.sdk.exceptions import (
+    AirflowException,
+    AirflowFailException,
+    AirflowSensorTimeout,
+    TaskDeferralTimeout,
+)
 
-from model_selection.backends.api import THROTTLING_CODES, error_code
-from model_selection.job_status import FAILED, STOPPED, SUCCESS, progress, tuning_job_outcome
+from model_selection.job_status import FAILED, RUNNING, STOPPED, SUCCESS, progress, tuning_job_outcome
+from model_selection.links import LINKS, persist_console_links
 
 DEFAULT_TIMEOUT = dt.timedelta(days=7)
 
@@ -18,13 +24,17 @@ DEFAULT_TIMEOUT = dt.timedelta(days=7)
 class TuningJobSensor(BaseSensorOperator):
     """Succeeds when the tuning job is Completed; fails with the job's reason when Failed or Stopped.
 
-    `job` is what the launch operator returned: `{"job_name", "model_id", "client", ...}`.
-    Returns `{"job_name", "job_status", "throttled_describes", "wait_try_number"}`, and sets `job_status` in the
-    context for the DAG's `map_index_template`, so the grid shows each model's end.
-    Deferrable (the default) waits in the triggerer with no worker slot; otherwise it
-    pokes (or reschedules). The timeout is generous and configurable; when it passes, or
-    the task is killed while poking, the job is stopped too unless `stop_on_kill=False`.
+    `job` is what the launch operator returned: `{"job_name", "model_id", "hook_params", ...}`.
+    Returns `{"job_name", "job_status", "throttled_describes", "wait_try_number"}`, and sets
+    `job_status` in the context for the DAG's `map_index_template`.
+    Deferrable (the default) waits in the triggerer with no worker slot; otherwise it pokes
+    (or reschedules). Unless `stop_on_kill=False`, the job is stopped whenever the wait ends
+    without it: the timeout passing (in either mode), the task killed while poking, or a
+    user killing the deferred task (the trigger's `on_kill`).
     """
+
+    template_fields = ("job",)  # resolves the launch's XCom inside a mapped task group
+    operator_extra_links = LINKS
 
     def __init__(self, *, job: dict[str, Any], deferrable: bool = True, stop_on_kill: bool = True,
                  poke_interval: float = 30, timeout: dt.timedelta | float = DEFAULT_TIMEOUT, **kwargs: Any):
@@ -38,51 +48,76 @@ class TuningJobSensor(BaseSensorOperator):
     def job_name(self) -> str:
         return self.job["job_name"]
 
-    def _client(self) -> Any:
-        from model_selection.backends import get_client
+    @cached_property
+    def hook(self) -> Any:
+        from model_selection.hooks import tuning_job_hook
 
-        return get_client(**self.job["client"])
+        return tuning_job_hook(self.job["hook_params"])
+
+    @property
+    def timeout_seconds(self) -> float:
+        return self.timeout.total_seconds() if isinstance(self.timeout, dt.timedelta) else float(self.timeout)
 
     def execute(self, context: Any) -> Any:
         if not self.deferrable:
-            super().execute(context)
+            try:
+                super().execute(context)
+            except AirflowSensorTimeout:
+                self._stop_job()
+                raise
             return self._finished(context, "Completed", self.throttled_describes)
         from model_selection.triggers import TuningJobTrigger
 
-        timeout = self.timeout.total_seconds() if isinstance(self.timeout, dt.timedelta) else float(self.timeout)
         self.log.info("waiting for %s (model %s) in the triggerer", self.job_name, self.job["model_id"])
         self.defer(
-            trigger=TuningJobTrigger(self.job_name, self.job["client"], float(self.poke_interval), time.time() + timeout),
+            trigger=TuningJobTrigger(self.job_name, self.job["hook_params"], float(self.poke_interval),
+                                     time.time() + self.timeout_seconds, stop_on_kill=self.stop_on_kill),
             method_name="execute_complete",
+            # Airflow's own bound, a little after the trigger's deadline, for a trigger that never answers.
+            timeout=dt.timedelta(seconds=self.timeout_seconds + 4 * float(self.poke_interval)),
         )
 
     def poke(self, context: Any) -> bool:
+        from model_selection.hooks import Throttled
+
         try:
-            description = self._client().describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=self.job_name)
-        except Exception as error:
-            if error_code(error) in THROTTLING_CODES:
-                self.throttled_describes += 1
-                self.log.warning("describe of %s throttled (%d so far); trying again at the next poke", self.job_name,
-                                 self.throttled_describes)
-                return False
-            raise
+            description = self.hook.describe(self.job_name)
+        except Throttled:
+            self.throttled_describes += 1
+            self.log.warning("describe of %s throttled (%d so far); trying again at the next poke", self.job_name,
+                             self.throttled_describes)
+            return False
+        if description is None:
+            raise AirflowFailException(f"no tuning job named {self.job_name}")
         outcome, reason = tuning_job_outcome(description)
         self.log.info(progress(description))
         context["job_status"] = description["HyperParameterTuningJobStatus"]
+        if outcome != RUNNING:
+            persist_console_links(context, self, self.hook, self.job_name,
+                                  (description.get("BestTrainingJob") or {}).get("TrainingJobName"))
         if outcome in (FAILED, STOPPED):
             raise AirflowFailException(reason)  # the job's end is final: retrying the wait cannot change it
         return outcome == SUCCESS
 
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Any) -> Any:
+        """Airflow's deferral timeout fails the task without the trigger: stop the job here."""
+        try:
+            return super().resume_execution(next_method, next_kwargs, context)
+        except TaskDeferralTimeout as error:
+            self._stop_job()
+            raise AirflowSensorTimeout(f"{self.job_name}: {error}") from error
+
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         if event.get("throttled"):
             self.log.warning("%s: %d describe calls were throttled while waiting", self.job_name, event["throttled"])
-        context["job_status"] = event.get("job_status") or event["status"]
-        if event["status"] == SUCCESS:
+        context["job_status"] = event.get("job_status") or event["outcome"]
+        persist_console_links(context, self, self.hook, self.job_name, event.get("best_training_job"))
+        if event["outcome"] == SUCCESS:
             return self._finished(context, event["job_status"], event.get("throttled", 0))
-        if event["status"] == "timeout":
+        if event["outcome"] == "timeout":
             self._stop_job()
             raise AirflowSensorTimeout(event["reason"])
-        if event["status"] in (FAILED, STOPPED):
+        if event["outcome"] in (FAILED, STOPPED):
             raise AirflowFailException(event["reason"])
         raise AirflowException(event["reason"])
 
@@ -99,7 +134,7 @@ class TuningJobSensor(BaseSensorOperator):
         if not self.stop_on_kill:
             return
         try:
-            self._client().stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=self.job_name)
-            self.log.info("asked %s to stop", self.job_name)
-        except Exception as error:  # noqa: BLE001 - stopping is best effort; the job may have ended already
+            stopped = self.hook.stop(self.job_name)
+            self.log.info("%s %s", self.job_name, "asked to stop" if stopped else "had ended already")
+        except Exception as error:  # noqa: BLE001 - stopping is best effort; the wait's own error matters more
             self.log.warning("could not stop %s: %s", self.job_name, error)

@@ -50,6 +50,7 @@ class Study:
     early_stopping_patience: int
     instance_type: str
     max_concurrent_tuning_jobs: int
+    max_capacity_wait_hours: float
     results_uri: str
     force: bool
     role_arn: str | None = None
@@ -89,11 +90,9 @@ class Study:
             problems.append("model list filters select JumpStart models: they need the sagemaker backend")
         dataset = _dataset(params.get("dataset"), project_root, backend, problems)
 
-        hyperparameters = params.get("hyperparameters") or {}
-        if not isinstance(hyperparameters, Mapping):
-            problems.append("hyperparameters must be an object of name: value")
-            hyperparameters = {}
-        hyperparameters = {str(name): str(value) for name, value in hyperparameters.items()}
+        hyperparameters = _string_map(params, "hyperparameters", problems)
+        if backend == "local":  # settings only the local trainer understands never reach SageMaker
+            hyperparameters = {**_string_map(params, "local_hyperparameters", problems), **hyperparameters}
 
         multipliers = params.get("learning_rate_multipliers", [1.0, 0.2])
         if not isinstance(multipliers, list) or not multipliers:
@@ -106,6 +105,10 @@ class Study:
         epochs = _integer(params, "epochs", 10, 1, problems)
         patience = _integer(params, "early_stopping_patience", 3, 0, problems)
         max_concurrent = _integer(params, "max_concurrent_tuning_jobs", 10, 1, problems)
+        max_capacity_wait_hours = params.get("max_capacity_wait_hours", 24)
+        if not _positive_number(max_capacity_wait_hours):
+            problems.append(f"max_capacity_wait_hours must be a positive number, got {max_capacity_wait_hours!r}")
+            max_capacity_wait_hours = 24
         instance_type = str(params.get("instance_type") or "ml.g4dn.xlarge")
         if not re.fullmatch(r"ml\.[a-z0-9]+\.[a-z0-9]+", instance_type):
             problems.append(f"instance_type {instance_type!r} is not a SageMaker instance type such as ml.g4dn.xlarge")
@@ -122,6 +125,7 @@ class Study:
             early_stopping_patience=patience,
             instance_type=instance_type,
             max_concurrent_tuning_jobs=max_concurrent,
+            max_capacity_wait_hours=float(max_capacity_wait_hours),
             results_uri=str(params.get("results_uri") or "") or default_results_uri(),
             force=bool(params.get("force", False)),
             role_arn=params.get("role_arn") or None,
@@ -135,6 +139,14 @@ class Study:
 
 def _positive_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _string_map(params: Mapping[str, Any], name: str, problems: list[str]) -> dict[str, str]:
+    value = params.get(name) or {}
+    if not isinstance(value, Mapping):
+        problems.append(f"{name} must be an object of name: value")
+        return {}
+    return {str(key): str(item) for key, item in value.items()}
 
 
 def _integer(params: Mapping[str, Any], name: str, default: int, low: int, problems: list[str]) -> int:
@@ -161,20 +173,21 @@ def _model_filter(entry: str, problems: list[str]) -> tuple[str, ...]:
 
 
 def _model_ids(params: Mapping[str, Any], include_dir: Path, problems: list[str]) -> tuple[list[str], list[tuple[str, ...]]]:
-    """Model ids, and JumpStart filters, from `model_ids` and an optional curated list file."""
+    """Model ids, and JumpStart filters, from `model_ids` or, when one is named, a curated list file."""
     raw = params.get("model_ids") or []
     if not isinstance(raw, list):
         problems.append("model_ids must be a list of model ids")
         raw = []
     list_name = params.get("model_list") or ""
-    if list_name:
+    if list_name:  # a curated list replaces model_ids
+        raw = []
         try:
             path = model_list_file(include_dir, str(list_name))
             if not path.is_file():
                 available = sorted(p.stem for p in (include_dir / "model_lists").glob("*.txt"))
                 problems.append(f"model_list {list_name!r} does not exist; available: {available}")
             else:
-                raw = raw + [line.split("#")[0].strip() for line in path.read_text().splitlines()
+                raw = [line.split("#")[0].strip() for line in path.read_text().splitlines()
                              if line.split("#")[0].strip()]
         except StudyError as error:
             problems.append(str(error))

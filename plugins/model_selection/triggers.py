@@ -9,67 +9,89 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from model_selection.backends.api import THROTTLING_CODES, error_code
 from model_selection.job_status import RUNNING, progress, tuning_job_outcome
 
 MAX_BACKOFF_SECONDS = 600.0
 
 
 class TuningJobTrigger(BaseTrigger):
-    """Polls `DescribeHyperParameterTuningJob` until the job ends or the deadline passes.
+    """Polls the tuning job through its backend's hook until it ends or the deadline passes.
 
     The deadline is an absolute time, so a triggerer restart does not extend it; a
-    throttled describe backs off exponentially and never ends the wait.
+    throttled describe backs off exponentially and never ends the wait. When a user kills
+    the deferred task (mark failed, clear), `on_kill` stops the job unless `stop_on_kill`
+    is off, as the Amazon provider's SageMaker operators offer.
+    The event's `outcome` is one of job_status's outcomes, `timeout` or `error`.
     """
 
-    def __init__(self, job_name: str, client: dict[str, Any], poll_interval: float, deadline: float):
+    def __init__(self, job_name: str, hook_params: dict[str, Any], poll_interval: float, deadline: float,
+                 stop_on_kill: bool = True):
         super().__init__()
         self.job_name = job_name
-        self.client = client
+        self.hook_params = hook_params
         self.poll_interval = poll_interval
         self.deadline = deadline
+        self.stop_on_kill = stop_on_kill
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             "model_selection.triggers.TuningJobTrigger",
-            {"job_name": self.job_name, "client": self.client, "poll_interval": self.poll_interval,
-             "deadline": self.deadline},
+            {"job_name": self.job_name, "hook_params": self.hook_params, "poll_interval": self.poll_interval,
+             "deadline": self.deadline, "stop_on_kill": self.stop_on_kill},
         )
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        from model_selection.backends import get_client
+    def _hook(self) -> Any:
+        from model_selection.hooks import tuning_job_hook
 
-        client = await asyncio.to_thread(get_client, **self.client)
+        return tuning_job_hook(self.hook_params)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        from model_selection.hooks import Throttled
+
+        hook = await asyncio.to_thread(self._hook)
         delay = self.poll_interval
         throttled = 0
         last_progress = None
         while True:
             try:
-                description = await asyncio.to_thread(
-                    client.describe_hyper_parameter_tuning_job, HyperParameterTuningJobName=self.job_name
-                )
-            except Exception as error:  # noqa: BLE001 - throttling waits; anything else ends the wait with its reason
-                if error_code(error) not in THROTTLING_CODES:
-                    yield TriggerEvent({"status": "error", "job_name": self.job_name,
-                                        "reason": f"{type(error).__name__}: {error}", "throttled": throttled})
-                    return
+                description = await asyncio.to_thread(hook.describe, self.job_name)
+            except Throttled:
                 throttled += 1
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
                 self.log.warning("describe of %s throttled (%d so far); next try in %.0f s", self.job_name, throttled, delay)
                 await asyncio.sleep(delay)
                 continue
+            except Exception as error:  # noqa: BLE001 - anything else ends the wait with its reason
+                yield self._event("error", f"{type(error).__name__}: {error}", throttled)
+                return
+            if description is None:
+                yield self._event("error", f"no tuning job named {self.job_name}", throttled)
+                return
             delay = self.poll_interval
             outcome, reason = tuning_job_outcome(description)
+            status = description["HyperParameterTuningJobStatus"]
             if outcome != RUNNING:
-                yield TriggerEvent({"status": outcome, "job_name": self.job_name, "reason": reason,
-                                    "throttled": throttled, "job_status": description["HyperParameterTuningJobStatus"]})
+                best = (description.get("BestTrainingJob") or {}).get("TrainingJobName")
+                yield self._event(outcome, reason, throttled, status, best)
                 return
             if progress(description) != last_progress:
                 last_progress = progress(description)
                 self.log.info(last_progress)
             if time.time() >= self.deadline:
-                yield TriggerEvent({"status": "timeout", "job_name": self.job_name, "throttled": throttled,
-                                    "reason": f"{self.job_name} was still {description['HyperParameterTuningJobStatus']} "
-                                              "when the sensor's timeout passed"})
+                yield self._event("timeout", f"{self.job_name} was still {status} when the sensor's timeout passed",
+                                  throttled, status)
                 return
             await asyncio.sleep(self.poll_interval)
+
+    def _event(self, outcome: str, reason: str | None, throttled: int, job_status: str | None = None,
+               best_training_job: str | None = None) -> TriggerEvent:
+        return TriggerEvent({"outcome": outcome, "job_name": self.job_name, "reason": reason, "throttled": throttled,
+                             "job_status": job_status, "best_training_job": best_training_job})
+
+    async def on_kill(self) -> None:
+        """The user killed the waiting task: stop the job it waits for, so nobody pays for it."""
+        if not self.stop_on_kill:
+            return
+        hook = await asyncio.to_thread(self._hook)
+        stopped = await asyncio.to_thread(hook.stop, self.job_name)
+        self.log.info("%s %s", self.job_name, "asked to stop" if stopped else "had ended already")

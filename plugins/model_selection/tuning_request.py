@@ -2,8 +2,9 @@
 
 Learning rate is a categorical range of the default times each multiplier under the
 Grid strategy (so exactly those trials run, all in parallel), the objective is
-`val_accuracy` maximised, and the metric definitions cover every figure the training
-script prints, so `FinalMetricDataList` carries them all.
+`val_accuracy` maximised, and the metric definitions are the caller's: those of the data
+set's problem type (`metrics.metric_definitions(num_classes, binary)`), so
+`FinalMetricDataList` carries every figure the training script prints for it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from model_selection.metrics import format_number, metric_definitions
+from model_selection.metrics import format_number
 
 OBJECTIVE_METRIC = "val_accuracy"
 LOCAL_TRAINING_IMAGE = "model-selection-local-trainer"
@@ -46,6 +47,7 @@ def build_tuning_request(
     channels: Mapping[str, str],
     role_arn: str,
     output_path: str,
+    metric_definitions: Sequence[Mapping[str, str]],
     training_image: str = LOCAL_TRAINING_IMAGE,
     instance_type: str = "ml.g4dn.xlarge",
     instance_count: int = 1,
@@ -61,7 +63,7 @@ def build_tuning_request(
         "AlgorithmSpecification": {
             "TrainingImage": training_image,
             "TrainingInputMode": "File",
-            "MetricDefinitions": metric_definitions(),
+            "MetricDefinitions": [dict(definition) for definition in metric_definitions],
         },
         "InputDataConfig": [channel(channel_name, uri) for channel_name, uri in channels.items()] + list(extra_channels),
         "ResourceConfig": {"InstanceType": instance_type, "InstanceCount": instance_count, "VolumeSizeInGB": volume_size_gb},

@@ -3,8 +3,11 @@
 It reads the results store (`MODEL_SELECTION_RESULTS_URI`, else `$AIRFLOW_HOME/model-selection-results`)
 and shows, per data set, the report of its latest configuration: frontier table and plot, every
 model with failures and their reasons, and links to the DAG run and mapped task instances that
-produced each row. Every route needs read access to the model-selection DAG, checked by Airflow's
-own auth manager, so a request without a valid session cookie or bearer token gets a 401 and no data.
+produced each row. `/run?dag_id=...&run_id=...` is the live view of one DAG run (a tab on each run
+in Airflow's UI): each model's lane, from the metadata database and the tuning jobs themselves
+(`model_selection.lanes`). Every route needs read access to the model-selection DAG, checked by
+Airflow's own auth manager, so a request without a valid session cookie or bearer token gets a 401
+and no data.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from fastapi.responses import HTMLResponse, Response
 
 DAG_ID = "image_classification_model_selection"
 URL_PREFIX = "/model-selection"
+# The plugin's `url_route`s: Airflow's UI serves the views at /plugin/<route> (the menu entry) and
+# /dags/<dag>/plugin/<route>, /dags/<dag>/runs/<run>/plugin/<route> (the DAG and DAG-run tabs).
+NAV_ROUTE, DAG_ROUTE, RUN_ROUTE = "model-selection", "model-selection-dag", "model-selection-run"
 RESULTS_CONN_ID_VARIABLE = "MODEL_SELECTION_AWS_CONN_ID"
 
 
@@ -38,6 +44,22 @@ class UILinks:
 
     def task_instance(self, dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
         return f"{self.dag_run(dag_id, run_id)}/tasks/{quote(task_id, safe='')}/mapped/{int(map_index)}"
+
+    def run_view(self, dag_id: str, run_id: str) -> str:
+        """The run's live view, as the DAG run's tab in the Airflow UI."""
+        return f"{self.dag_run(dag_id, run_id)}/plugin/{RUN_ROUTE}"
+
+    def results_page(self, dataset: str, config_hash: str) -> str:
+        """This page for one data set and configuration, inside the Airflow UI's menu entry.
+
+        The UI loads `/plugin/<route>/<path>` into its frame as `/<path>`, under the root path.
+        """
+        return (f"{self.root}/plugin/{NAV_ROUTE}{self.root}{URL_PREFIX}/"
+                + _query(dataset=dataset, config_hash=config_hash))
+
+
+def _links(request: Request) -> UILinks:
+    return UILinks(request.scope.get("root_path", "").removesuffix(URL_PREFIX))
 
 
 def _store():
@@ -70,9 +92,15 @@ def navigation(rows_by_dataset: Mapping[str, Sequence[Mapping[str, Any]]], datas
         else f'<a href="{escape(_query(dataset=dataset, config_hash=value))}">{escape(value)}</a>'
         for value in hashes
     )
+    runs = [row for row in rows_by_dataset[dataset] if str(row.get("config_hash")) == config_hash
+            and row.get("dag_id") == DAG_ID and row.get("dag_run_id")]
+    latest_run = max(runs, key=lambda row: str(row.get("finished_at", "")), default=None)
+    live = "" if latest_run is None else (
+        f' · <a href="{escape(links.run_view(DAG_ID, str(latest_run["dag_run_id"])))}" target="_top">'
+        f'Lanes of its latest run ({escape(str(latest_run["dag_run_id"]))})</a>')
     return (f'<nav><p>Data sets: {datasets}</p><p>Configurations of {escape(dataset)}: '
             f'{configurations}</p><p><a href="{escape(links.dag(DAG_ID))}" target="_top">Run the study '
-            f"({escape(DAG_ID)})</a></p></nav>")
+            f"({escape(DAG_ID)})</a>{live}</p></nav>")
 
 
 # Airflow embeds the page in an iframe sandboxed without `allow-top-navigation`, so a `target=_top`
@@ -103,10 +131,14 @@ def create_app() -> FastAPI:
     )
 
     @app.get("/", response_class=HTMLResponse)
-    def page(request: Request, dataset: str | None = None, config_hash: str | None = None) -> HTMLResponse:
+    def page(request: Request, dataset: str | None = None, config_hash: str | None = None,
+             dag_id: str | None = None) -> HTMLResponse:
+        from model_selection.lanes import other_dag_page
         from model_selection.report import render_html
 
-        links = UILinks(request.scope.get("root_path", "").removesuffix(URL_PREFIX))
+        if dag_id is not None and dag_id != DAG_ID:  # the DAG tab, which Airflow shows on every DAG
+            return HTMLResponse(other_dag_page(dag_id, DAG_ID))
+        links = _links(request)
         store = _store()
         rows_by_dataset: dict[str, list[dict[str, Any]]] = {}
         for row in store.read_latest():
@@ -128,6 +160,28 @@ def create_app() -> FastAPI:
             links=links,
             preface=navigation(rows_by_dataset, dataset, config_hash or "", links) + FOLLOW_LINKS_IN_AIRFLOW,
         ))
+
+    @app.get("/run", response_class=HTMLResponse)
+    def run_view(request: Request, dag_id: str, run_id: str) -> HTMLResponse:
+        """Each model's lane in one run, live: launch waits, job progress, how it ended, links."""
+        import time
+
+        from model_selection.lanes import (
+            describe_with_hooks,
+            lanes,
+            missing_run_page,
+            other_dag_page,
+            read_run,
+            render_run_page,
+        )
+
+        if dag_id != DAG_ID:  # the DAG-run tab, which Airflow shows on every DAG's runs
+            return HTMLResponse(other_dag_page(dag_id, DAG_ID))
+        run = read_run(dag_id, run_id)
+        if run is None:
+            return HTMLResponse(missing_run_page(dag_id, run_id), status_code=404)
+        return HTMLResponse(render_run_page(run, lanes(run, describe_with_hooks(run), time.time()), _links(request),
+                                            script=FOLLOW_LINKS_IN_AIRFLOW))
 
     @app.get("/plot.png", response_class=Response)
     def plot(dataset: str, config_hash: str) -> Response:

@@ -26,7 +26,6 @@ from model_selection.backends.api import (
 from model_selection.local.jobstore import JobStore, now, read_json
 from model_selection.local.strategy import StrategyError, plan_trials
 from model_selection.local.supervisor import (
-    PLUGINS_DIR,
     PYTHON_VARIABLE,
     SUPERVISOR_START_SECONDS,
     kill_process_group,
@@ -85,7 +84,7 @@ class LocalSageMakerClient:
     # -- create -----------------------------------------------------------------------------
     def create_hyper_parameter_tuning_job(self, **request: Any) -> dict[str, Any]:
         operation = "CreateHyperParameterTuningJob"
-        validate_request(operation, request)
+        validate_request(operation, request, local_uris=True)
         self._check_runnable(request)
         name = request["HyperParameterTuningJobName"]
         arn = _arn("hyper-parameter-tuning-job", name)
@@ -145,9 +144,10 @@ class LocalSageMakerClient:
             raise client_error(VALIDATION, "; ".join(problems), operation)
 
     def _start_supervisor(self, name: str) -> None:
+        from model_selection.local.supervisor import process_environment
+
         python = os.environ.get(PYTHON_VARIABLE, sys.executable)
-        environment = {**os.environ,
-                       "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS_DIR), os.environ.get("PYTHONPATH")]))}
+        environment = process_environment()  # allow-listed: no AWS keys, Airflow connections or other secrets
         launcher = subprocess.run(
             [python, "-m", "model_selection.local.supervisor", str(self.store.root), name],
             capture_output=True, text=True, env=environment, start_new_session=True, timeout=SUPERVISOR_START_SECONDS,
@@ -308,8 +308,8 @@ class LocalSageMakerClient:
         def change(state: dict[str, Any]) -> None:
             if state["TrainingJobStatus"] != "InProgress":
                 return
-            if state.get("Pid"):
-                kill_process_group(state["Pid"])
+            if state.get("Pid"):  # only if that pid is still the trainer it records (PidCreateTime)
+                kill_process_group(state["Pid"], state.get("PidCreateTime"))
             state.update(TrainingJobStatus="Failed", SecondaryStatus="Failed", ObjectiveStatus="Failed",
                          TrainingEndTime=now(), FailureReason="its tuning job's supervisor process ended")
 

@@ -4,24 +4,40 @@ from __future__ import annotations
 
 from typing import Any
 
-from model_selection.backends import DEFAULT_RETRIES
+from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
+
+from model_selection.hooks import TuningJobHook
+
+# Adaptive retries with many attempts, as the JumpStart notebook does; the connection's own
+# `config_kwargs` win over these.
+DEFAULT_RETRIES = {"mode": "adaptive", "max_attempts": 20}
 
 
-def sagemaker_client(aws_conn_id: str | None = "aws_default", region_name: str | None = None) -> Any:
-    """Credentials, region and endpoint come from the Airflow connection, never from code.
+class SageMakerTuningJobHook(TuningJobHook, SageMakerHook):
+    """boto3's SageMaker client from the Airflow connection: credentials, region, endpoint, retries.
 
-    Retries are adaptive with many attempts, so throttled calls back off instead of failing;
-    a connection extra `{"config_kwargs": {"retries": {...}}}` overrides that.
+    Credentials, region and endpoint come from the connection, never from code. Retries are
+    adaptive with many attempts, so throttled calls back off inside botocore first; a
+    connection extra `{"config_kwargs": {"retries": {...}}}` overrides that.
     """
-    from botocore.config import Config
 
-    from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
+    def __init__(self, aws_conn_id: str | None = "aws_default", region_name: str | None = None):
+        from botocore.config import Config
 
-    from_connection = SageMakerHook(aws_conn_id=aws_conn_id, region_name=region_name).conn_config.botocore_config
-    config = Config(retries=DEFAULT_RETRIES)
-    if from_connection is not None:
-        config = config.merge(from_connection)  # the connection's settings win
-    return SageMakerHook(aws_conn_id=aws_conn_id, region_name=region_name, config=config).conn
+        super().__init__(aws_conn_id=aws_conn_id, region_name=region_name)
+        from_connection = self.conn_config.botocore_config
+        retries = Config(retries=DEFAULT_RETRIES)
+        self._config = retries.merge(from_connection) if from_connection is not None else retries  # the connection wins
+
+    @property
+    def config(self) -> Any:
+        return self._config
+
+    def training_log(self, training_job_name: str) -> str:
+        return cloudwatch_training_log(training_job_name, aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+
+    def console_location(self) -> tuple[str, str] | None:
+        return self.conn_region_name, self.conn_partition
 
 
 ROLE_VARIABLE = "model_selection_role_arn"
@@ -43,84 +59,182 @@ def execution_role(explicit: str | None, aws_conn_id: str | None) -> str | None:
     return AwsBaseHook(aws_conn_id=aws_conn_id, client_type="sagemaker").conn_config.extra_config.get("execution_role_arn")
 
 
-def _empty_prefixes(study: Any) -> list[str]:
-    """Dataset channels under which S3 holds no object: a typo found before anything is launched."""
+def _empty_prefixes(study: Any, region: str | None = None) -> list[str]:
+    """Dataset channels under which S3 holds no object: a typo found before anything is launched.
+
+    Refused or missing credentials and an unreachable region raise AwsAccessError (reported once
+    by the caller); a missing permission is one problem per bucket, naming its channels.
+    """
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    hook = S3Hook(aws_conn_id=study.aws_conn_id, region_name=study.region_name)
+    from model_selection.backends.jumpstart import access_error
+
+    hook = S3Hook(aws_conn_id=study.aws_conn_id, region_name=region or study.region_name)
     problems = []
+    denied: dict[str, tuple[list[str], Any]] = {}  # bucket -> (channels, the first refusal)
     for channel, uri in study.dataset.channels().items():
         bucket, prefix = S3Hook.parse_s3_url(uri)
         try:
             found = hook.get_conn().list_objects_v2(Bucket=bucket, Prefix=prefix.rstrip("/") + "/", MaxKeys=1)
         except Exception as error:  # noqa: BLE001 - a missing bucket or no access both mean "unusable"
-            problems.append(f"dataset.{channel} {uri}: {type(error).__name__}: {error}")
+            problem = access_error(error, study.aws_conn_id, region, f"listing s3://{bucket}/")
+            if problem is not None and problem.kind == "permissions":
+                denied.setdefault(bucket, ([], problem))[0].append(channel)
+            elif problem is not None:
+                raise problem from error
+            else:
+                problems.append(f"dataset.{channel} {uri}: {type(error).__name__}: {error}")
             continue
         if not found.get("KeyCount"):
             problems.append(f"dataset.{channel} {uri} is empty or does not exist")
+    problems += [f"dataset channels {', '.join(channels)}: {refusal}" for channels, refusal in denied.values()]
     return problems
+
+
+# Hyperparameters only the local trainer understands (model_selection.local.hyperparameters):
+# which timm model, where its weights come from and how to run it. They never reach SageMaker.
+LOCAL_ONLY_SETTINGS = frozenset({"model_id", "pretrained", "weights_file", "image_size", "device", "num_workers"})
 
 
 def sagemaker_launch_specs(study: Any, study_hyperparameters: dict[str, str]) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Resolve every JumpStart model (those the filters select too) and build its `build_tuning_request`
-    arguments, in model-list order; list every problem."""
-    from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
+    arguments, in model-list order; list every problem.
 
-    from model_selection.backends.jumpstart import JumpStartError, list_models, resolve
-    from model_selection.study import FILTER_CONDITION
-    from model_selection.tuning_request import channel, learning_rate_values
+    Credentials and region come from the study's AWS connection (the study's region_name wins over
+    the connection's region; boto3's default region is never used). A connection that cannot be
+    used (missing, refused or absent credentials, missing permission on the JumpStart catalogue,
+    a region without JumpStart or an unreachable endpoint) is one problem, after which no further
+    AWS call is made. Each spec also holds the resolved `jumpstart_model_version` and the `tags`
+    the SageMaker SDK puts on JumpStart training jobs.
+    """
+    from model_selection.backends.jumpstart import AwsAccessError, aws_connection, check_region
 
     problems: list[str] = []
-    region = study.region_name or SageMakerHook(aws_conn_id=study.aws_conn_id).conn_region_name
-    if not region:
-        problems.append(f"no AWS region: set region_name or the region of connection {study.aws_conn_id!r}")
+    access: AwsAccessError | None = None
+    region = study.region_name
+    try:
+        region = study.region_name or aws_connection(study.aws_conn_id).region_name
+    except AwsAccessError as error:
+        access = error
+    if not region and access is None:
+        problems.append(f"no AWS region: set region_name in the study or in the extra of connection {study.aws_conn_id!r}")
+    elif access is None:
+        try:
+            check_region(region, study.aws_conn_id)
+        except AwsAccessError as error:
+            access = error
     role = execution_role(study.role_arn, study.aws_conn_id)
     if not role:
         problems.append(f"no SageMaker execution role: set role_arn, the Variable {ROLE_VARIABLE} "
                         "or the connection extra execution_role_arn")
     if not (study.output_path or "").startswith("s3://"):
         problems.append(f"output_path {study.output_path!r} must be an s3:// location for the model artifacts")
-    if not problems:
-        problems += _empty_prefixes(study)
     specs: dict[str, dict[str, Any]] = {}
+    if region and access is None:
+        try:
+            if not problems:
+                problems += _empty_prefixes(study, region)
+            classes = _training_class_count(study, region) if not problems else 0
+            specs = _jumpstart_specs(study, study_hyperparameters, region, role or "", classes, problems)
+        except AwsAccessError as error:
+            access = error
+    if access is not None:
+        problems.append(str(access))
+    return specs, problems
+
+
+def _selected_model_ids(study: Any, region: str, problems: list[str]) -> list[str]:
+    """The study's model ids, then those its filters select from the region's JumpStart catalogue."""
+    from model_selection.backends.jumpstart import list_models
+    from model_selection.study import FILTER_CONDITION
+
     model_ids = list(study.model_ids)
-    for conditions in study.model_filters if region else ():
+    for conditions in study.model_filters:
         if not all(FILTER_CONDITION.match(condition) for condition in conditions):
             continue  # the study has named the malformed condition already
-        selected = list_models(list(conditions), region)
+        selected = list_models(list(conditions), region, study.aws_conn_id)
         if not selected:
             problems.append(f"model filter {' & '.join(conditions)!r} selects no JumpStart model in {region}")
         model_ids += [model_id for model_id in selected if model_id not in model_ids]
-    for model_id in model_ids if region else ():
+    return model_ids
+
+
+def _training_class_count(study: Any, region: str) -> int:
+    """Class folders under the training prefix: the problem type decides which metrics the script prints."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    hook = S3Hook(aws_conn_id=study.aws_conn_id, region_name=region)
+    bucket, prefix = S3Hook.parse_s3_url(study.dataset.training)
+    pages = hook.get_conn().get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix.rstrip("/") + "/", Delimiter="/")
+    return sum(len(page.get("CommonPrefixes", [])) for page in pages)
+
+
+def _jumpstart_specs(study: Any, study_hyperparameters: dict[str, str], region: str, role: str, classes: int,
+                     problems: list[str]) -> dict[str, dict[str, Any]]:
+    """One spec per model that resolves with valid hyperparameters; the others' problems appended."""
+    import logging
+
+    from model_selection.metrics import metric_definitions
+
+    from model_selection.backends.jumpstart import JumpStartError, hyperparameter_problems, resolve, sdk_tags
+    from model_selection.tuning_request import channel, learning_rate_values
+
+    specs: dict[str, dict[str, Any]] = {}
+    dropped: set[str] = set()
+    for model_id in _selected_model_ids(study, region, problems):
         try:
-            model = resolve(model_id, study.instance_type, region)
+            model = resolve(model_id, study.instance_type, region, study.aws_conn_id)
         except JumpStartError as error:
             problems.append(str(error))
             continue
-        unknown = sorted(set(study.hyperparameters) - set(model.default_hyperparameters))
+        foreign = set(study.hyperparameters) - set(model.default_hyperparameters)
+        local_only = foreign & LOCAL_ONLY_SETTINGS
+        unknown = sorted(foreign - local_only)
         if unknown:
             problems.append(f"{model_id}: hyperparameters {unknown} are not among the model's "
                             f"{sorted(model.default_hyperparameters)}")
             continue
-        default_rate = float(study.hyperparameters.get("learning_rate", model.default_hyperparameters["learning_rate"]))
+        dropped |= local_only
+        hyperparameters = {**model.default_hyperparameters,
+                           **{name: value for name, value in study_hyperparameters.items() if name not in local_only}}
+        if "learning_rate" not in hyperparameters:
+            problems.append(f"{model_id}: the model has no learning_rate hyperparameter to tune")
+            continue
+        refused = hyperparameter_problems(model, hyperparameters, region, study.aws_conn_id)
+        if refused:
+            problems += refused
+            continue
+        learning_rates = learning_rate_values(float(hyperparameters["learning_rate"]), study.learning_rate_multipliers)
+        refused = [f"{problem} (a tuned value: learning_rate × learning_rate_multipliers)" for rate in learning_rates
+                   for problem in hyperparameter_problems(model, {"learning_rate": rate}, region, study.aws_conn_id)]
+        if refused:
+            problems += refused
+            continue
         specs[model_id] = {
             "static_hyperparameters": {
-                **model.default_hyperparameters,
-                **study_hyperparameters,
+                **hyperparameters,
                 "sagemaker_program": model.entry_point,
                 "sagemaker_submit_directory": model.training_script_uri,
                 "sagemaker_container_log_level": CONTAINER_LOG_LEVEL,
                 "sagemaker_region": region,
             },
-            "learning_rates": learning_rate_values(default_rate, study.learning_rate_multipliers),
+            "learning_rates": learning_rates,
+            "metric_definitions": metric_definitions(classes, hyperparameters.get("binary_mode") == "True"),
             "channels": study.dataset.channels(),
             "extra_channels": [channel("model", model.model_artifact_uri, "application/x-sagemaker-model")],
             "training_image": model.training_image_uri,
             "instance_type": study.instance_type,
-            "role_arn": role or "",
+            "role_arn": role,
             "output_path": study.output_path or "",
+            "jumpstart_model_version": model.model_version,
+            "tags": sdk_tags(model),
         }
-    return specs, problems
+    if dropped:
+        logging.getLogger(__name__).warning(
+            "hyperparameters %s are settings of the local trainer only: they are left out of every SageMaker "
+            "request", sorted(dropped))
+    return specs
 
 
 def cloudwatch_training_log(name: str, aws_conn_id: str | None = "aws_default", region_name: str | None = None) -> str:

@@ -11,13 +11,16 @@ from its log with the request's `MetricDefinitions`, and stops the trials when a
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,57 @@ PYTHON_VARIABLE = "MODEL_SELECTION_LOCAL_PYTHON"
 POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 10.0
 PLUGINS_DIR = Path(__file__).resolve().parents[2]
+# A recorded process counts as the same process only if its start time is within this of the recorded one.
+CREATE_TIME_TOLERANCE_SECONDS = 1.0
+
+LOG = logging.getLogger(__name__)
+
+PROCESS_ENVIRONMENT_ALLOWED = (
+    # the process itself: where programs, the home folder, locale, time zone and temporary files are
+    "PATH", "HOME", "LANG", "LC_*", "TZ", "TMPDIR",
+    # the project's code (PLUGINS_DIR is always put first) and its own settings
+    "PYTHONPATH", "MODEL_SELECTION_*",
+    # SageMaker's training-toolkit variables, which the trainer reads as defaults
+    "SM_*",
+    # which GPUs, and the libraries to drive them (LD_LIBRARY_PATH: where CUDA is found on many hosts)
+    "CUDA_VISIBLE_DEVICES", "CUDA_*", "NVIDIA_*", "LD_LIBRARY_PATH",
+    # CPU threads: the supervisor splits the cores between the trainers it runs at once
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_*",
+    # where model weights are cached, and whether a hub may be reached (HF_HUB_OFFLINE)
+    "TORCH_HOME", "HF_HOME", "HF_HUB_*", "HUGGINGFACE_HUB_CACHE", "TIMM_*", "XDG_CACHE_HOME",
+)
+"""Environment variables (exact names or `fnmatch` patterns) that local supervisors and trainers get.
+
+Supervisors and trainers run long, detached from Airflow, print into logs anyone who can read the
+job store may read, and run whatever code a training job brings. Airflow's own environment holds
+secrets they never need: AWS keys, connections (`AIRFLOW_CONN_*`), the fernet key and other
+`AIRFLOW__*` settings, API tokens. So they get only what training needs, named here, and nothing
+else; `PROCESS_ENVIRONMENT_DENIED` is checked after it, in case an allowed pattern meets a secret.
+A trainer that needs more gets it from the request's `TrainingJobDefinition.Environment`, as on
+SageMaker.
+"""
+
+PROCESS_ENVIRONMENT_DENIED = (
+    "AWS_*", "AIRFLOW*", "*TOKEN*", "*SECRET*", "*PASSWORD*", "*PASSWD*", "*CREDENTIAL*",
+    "*_KEY", "*_KEY_ID", "*API_KEY*", "*PRIVATE_KEY*",
+)
+"""Names never passed on, even when `PROCESS_ENVIRONMENT_ALLOWED` matches them (say `HF_HUB_TOKEN`)."""
+
+
+def _passed_on(name: str) -> bool:
+    upper = name.upper()
+    return (any(fnmatch.fnmatchcase(name, pattern) for pattern in PROCESS_ENVIRONMENT_ALLOWED)
+            and not any(fnmatch.fnmatchcase(upper, pattern) for pattern in PROCESS_ENVIRONMENT_DENIED))
+
+
+def process_environment(source: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a local supervisor or trainer: `source` (this process's environment)
+    filtered by `PROCESS_ENVIRONMENT_ALLOWED`, with the plugins folder first on `PYTHONPATH`."""
+    source = os.environ if source is None else source
+    environment = {name: value for name, value in source.items() if _passed_on(name)}
+    paths = [str(PLUGINS_DIR), *(source.get("PYTHONPATH") or "").split(os.pathsep)]
+    environment["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path for path in paths if path))
+    return environment
 
 
 def visible_gpus() -> list[str]:
@@ -77,6 +131,7 @@ class RunningTrial:
     name: str
     folder: Path
     process: subprocess.Popen
+    create_time: float  # psutil's, recorded as PidCreateTime: no signal reaches a later process with its pid
     started: float
     max_runtime: float | None
 
@@ -186,10 +241,11 @@ class Supervisor:
         for channel in self.definition["InputDataConfig"]:
             command += [f"--{channel['ChannelName']}", local_path(channel["DataSource"]["S3DataSource"]["S3Uri"])]
         threads = str(max(1, (os.cpu_count() or 1) // self.slots.count))
+        allowed = process_environment()
         environment = {
-            **os.environ,
-            **(self.definition.get("Environment") or {}),
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(PLUGINS_DIR), os.environ.get("PYTHONPATH")])),
+            **allowed,
+            **(self.definition.get("Environment") or {}),  # what the request asks for, as on SageMaker
+            "PYTHONPATH": allowed["PYTHONPATH"],
             "OMP_NUM_THREADS": threads,
             "MKL_NUM_THREADS": threads,
         }
@@ -200,11 +256,15 @@ class Supervisor:
                 command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=environment, start_new_session=True, pass_fds=(slot_descriptor,),
             )
-        self.store.update_state(folder, lambda state: state.update(Pid=process.pid, Slot=slot))
+        import psutil
+
+        create_time = psutil.Process(process.pid).create_time()  # not reaped yet: it exists, at worst a zombie
+        self.store.update_state(folder, lambda state: state.update(
+            Pid=process.pid, PidCreateTime=create_time, Slot=slot))
         self.store.update_state(self.folder, lambda state: state["TrainingJobNames"].append(name))
         self.log(f"started {name} (pid {process.pid}, slot {slot}) with {tuned}")
         max_runtime = (self.definition.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
-        return RunningTrial(name, folder, process, time.monotonic(), max_runtime)
+        return RunningTrial(name, folder, process, create_time, time.monotonic(), max_runtime)
 
     def _record_end(self, trial: RunningTrial, stopped_because: str | None = None) -> None:
         return_code = trial.process.wait()
@@ -238,11 +298,11 @@ class Supervisor:
         self.log(f"{trial.name} ended {state['TrainingJobStatus']} (exit {return_code})")
 
     def _terminate(self, trial: RunningTrial) -> None:
-        terminate_process_group(trial.process.pid)
+        terminate_process_group(trial.process.pid, trial.create_time)
         try:
             trial.process.wait(STOP_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
-            kill_process_group(trial.process.pid)
+            kill_process_group(trial.process.pid, trial.create_time)
             trial.process.wait()
 
     def _stop(self, running: list[RunningTrial]) -> None:
@@ -280,18 +340,54 @@ def local_path(uri: str) -> str:
     return unquote(urlparse(uri).path) if uri.startswith("file://") else uri
 
 
-def terminate_process_group(pid: int) -> None:
+def signal_recorded_process_group(pid: int | None, create_time: float | None, signal_number: int) -> bool:
+    """Send `signal_number` to the process group that a recorded process leads, if that very process
+    still runs: the only way this package signals a pid it recorded.
+
+    A pid read from a state file may belong to another process by now (the machine restarted, or
+    the recorded one ended long ago and its pid was reused), so the signal goes out only when a
+    process with that pid exists, its start time is within `CREATE_TIME_TOLERANCE_SECONDS` of the
+    recorded `create_time` and it leads its own process group (trainers start in a new session).
+    Otherwise nothing is sent, and that is logged. True if the signal was sent.
+    """
+    import psutil
+
+    name = signal.Signals(signal_number).name
+    if pid is None:
+        return False
+    if create_time is None:
+        LOG.warning("not sending %s to pid %s: no start time was recorded with it, so it may be another process",
+                    name, pid)
+        return False
     try:
-        os.killpg(pid, signal.SIGTERM)
+        actual = psutil.Process(pid).create_time()
+        group = os.getpgid(pid)
+    except (psutil.Error, ProcessLookupError):
+        LOG.info("not sending %s to pid %s: that process has ended", name, pid)
+        return False
+    if abs(actual - float(create_time)) > CREATE_TIME_TOLERANCE_SECONDS:
+        LOG.warning("not sending %s to pid %s: that pid now belongs to another process (started at %.2f, the "
+                    "recorded one at %.2f)", name, pid, actual, float(create_time))
+        return False
+    if group != pid:
+        LOG.warning("not sending %s to pid %s: it does not lead its own process group (%s)", name, pid, group)
+        return False
+    try:
+        os.killpg(pid, signal_number)
     except ProcessLookupError:
-        pass
+        LOG.info("not sending %s to pid %s: its process group has ended", name, pid)
+        return False
+    return True
 
 
-def kill_process_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def terminate_process_group(pid: int | None, create_time: float | None) -> bool:
+    """SIGTERM to a recorded process's group, through `signal_recorded_process_group`'s check."""
+    return signal_recorded_process_group(pid, create_time, signal.SIGTERM)
+
+
+def kill_process_group(pid: int | None, create_time: float | None) -> bool:
+    """SIGKILL to a recorded process's group, through `signal_recorded_process_group`'s check."""
+    return signal_recorded_process_group(pid, create_time, signal.SIGKILL)
 
 
 # How long a new job may go without a recorded supervisor before it counts as unsupervised.

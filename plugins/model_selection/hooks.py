@@ -1,0 +1,184 @@
+"""One hook per backend over a client with boto3's SageMaker method names.
+
+The operator, the sensor, the trigger and collection all stand on `TuningJobHook`: it is
+the only place outside `backends/` that reads service error codes. What callers must
+tell apart comes out as one of three exceptions:
+
+- `Throttled`: the service asked us to slow down (after botocore's own retries);
+- `QuotaExceeded`: `ResourceLimitExceeded`; `never_fits` when the account's limit is below
+  what one job asks for, so waiting cannot help;
+- `NameTaken`: a job of that name exists but is not this model's in this configuration.
+
+`tuning_job_hook(hook_params)` gives the hook for `{"backend": "local", "jobs_root": ...}`
+or `{"backend": "sagemaker", "aws_conn_id": ..., "region_name": ...}`; those settings are
+all that XCom and a trigger carry, never a client or credentials.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from model_selection.backends.api import (
+    RESOURCE_IN_USE,
+    RESOURCE_LIMIT_EXCEEDED,
+    RESOURCE_NOT_FOUND,
+    THROTTLING_CODES,
+    error_code,
+)
+from model_selection.study import BACKENDS
+ACTIVE_STATUSES = ("InProgress", "Stopping")
+# SageMaker's ResourceLimitExceeded message: "The account-level service limit 'ml.p3.2xlarge for
+# training job usage' is 0 Instances, with current utilization of 0 Instances and a request delta
+# of 1 Instances. Please use AWS Service Quotas to request an increase for this quota."
+QUOTA_MESSAGE = re.compile(
+    r"limit '(?P<quota>[^']+)' is (?P<limit>\d+) \w+, with current utilization of (?P<used>\d+) \w+ "
+    r"and a request delta of (?P<delta>\d+)"
+)
+
+
+class Throttled(Exception):
+    """The service throttled the call beyond the client's own retries."""
+
+
+class QuotaExceeded(Exception):
+    """ResourceLimitExceeded; `never_fits` when one job alone asks for more than the account's limit."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        match = QUOTA_MESSAGE.search(message)
+        self.quota = match["quota"] if match else None
+        self.never_fits = bool(match) and int(match["delta"]) > int(match["limit"])
+
+
+class NameTaken(Exception):
+    """A tuning job of this name exists and was not launched with this request's settings."""
+
+
+def _raise_for(error: Exception) -> None:
+    """Turn the service's answers that callers act on into this module's exceptions."""
+    code = error_code(error)
+    if code in THROTTLING_CODES:
+        raise Throttled(f"{code}: {error}") from error
+    if code == RESOURCE_LIMIT_EXCEEDED:
+        raise QuotaExceeded(str(error)) from error
+
+
+class TuningJobHook:
+    """Create-or-attach, in-flight count, throttle-aware describe, stop and logs for one backend."""
+
+    conn: Any  # the SageMaker-shaped client, set by each backend's hook
+
+    def existing_status(self, request: Mapping[str, Any]) -> str | None:
+        """The status of the job this request names, if it exists and was made from this request."""
+        description = self.describe(request["HyperParameterTuningJobName"])
+        if description is None:
+            return None
+        _check_same_job(description, request)
+        return description["HyperParameterTuningJobStatus"]
+
+    def create_or_attach(self, request: Mapping[str, Any]) -> tuple[bool, str]:
+        """(attached, status): attaches when the job exists already and was made from this request."""
+        status = self.existing_status(request)
+        if status is not None:
+            return True, status
+        try:
+            self.conn.create_hyper_parameter_tuning_job(**request)
+            return False, "InProgress"
+        except Exception as error:
+            if error_code(error) != RESOURCE_IN_USE:
+                _raise_for(error)
+                raise
+            status = self.existing_status(request)  # created meanwhile by another try of the same task
+            if status is None:
+                raise
+            return True, status
+
+    def count_in_flight(self, prefix: str) -> int:
+        """Tuning jobs of the study (names `PREFIX-...`) in progress, over every page of the listing."""
+        count, token = 0, None
+        while True:
+            page = self._call(self.conn.list_hyper_parameter_tuning_jobs, StatusEquals="InProgress",
+                              NameContains=prefix, MaxResults=100, **({"NextToken": token} if token else {}))
+            count += sum(summary["HyperParameterTuningJobName"].startswith(f"{prefix}-")
+                         for summary in page["HyperParameterTuningJobSummaries"])
+            token = page.get("NextToken")
+            if not token:
+                return count
+
+    def describe(self, name: str) -> dict[str, Any] | None:
+        """The tuning job's description; None when no job has that name."""
+        try:
+            return self._call(self.conn.describe_hyper_parameter_tuning_job, HyperParameterTuningJobName=name)
+        except Exception as error:
+            if error_code(error) == RESOURCE_NOT_FOUND:
+                return None
+            raise
+
+    def describe_training_job(self, name: str) -> dict[str, Any]:
+        return self._call(self.conn.describe_training_job, TrainingJobName=name)
+
+    def stop(self, name: str) -> bool:
+        """Ask the job to stop; False when it has ended already (or never existed)."""
+        try:
+            self._call(self.conn.stop_hyper_parameter_tuning_job, HyperParameterTuningJobName=name)
+            return True
+        except Throttled:
+            raise
+        except Exception as error:
+            if error_code(error) in ("ValidationException", RESOURCE_NOT_FOUND):
+                return False
+            raise
+
+    def training_log(self, training_job_name: str) -> str:
+        raise NotImplementedError
+
+    def console_location(self) -> tuple[str, str] | None:
+        """(region, partition) of the AWS console that shows these jobs; None when there is none."""
+        return None
+
+    @staticmethod
+    def _call(method: Any, **request: Any) -> Any:
+        try:
+            return method(**request)
+        except Exception as error:
+            _raise_for(error)
+            raise
+
+
+def _check_same_job(description: Mapping[str, Any], request: Mapping[str, Any]) -> None:
+    """A job name is derived from data set, configuration and model: a different job under it is a collision."""
+    expected = request["TrainingJobDefinition"]["StaticHyperParameters"]
+    found = description.get("TrainingJobDefinition", {}).get("StaticHyperParameters", {})
+    differing = sorted(key for key in expected if found.get(key) != expected[key])
+    if differing:
+        raise NameTaken(
+            f"a tuning job named {request['HyperParameterTuningJobName']} exists but was not launched with this "
+            f"configuration (static hyperparameters {differing} differ); refusing to attach to it"
+        )
+
+
+class LocalTuningJobHook(TuningJobHook):
+    """Tuning jobs on this machine: the client is `LocalSageMakerClient` over the job store."""
+
+    def __init__(self, jobs_root: str | None = None):
+        from model_selection.backends.local import LocalSageMakerClient
+
+        self.conn = LocalSageMakerClient(jobs_root)
+
+    def training_log(self, training_job_name: str) -> str:
+        return self.conn.training_job_log(training_job_name)
+
+
+def tuning_job_hook(hook_params: Mapping[str, Any]) -> TuningJobHook:
+    """The hook for the backend these settings name."""
+    settings = dict(hook_params)
+    backend = settings.pop("backend", None)
+    if backend == "local":
+        return LocalTuningJobHook(**settings)
+    if backend == "sagemaker":
+        from model_selection.backends.sagemaker import SageMakerTuningJobHook
+
+        return SageMakerTuningJobHook(**settings)
+    raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")

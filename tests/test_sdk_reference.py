@@ -1,0 +1,376 @@
+"""The SageMaker SDK's own tuning request is the reference for ours.
+
+For one JumpStart model and the same settings, the sagemaker 3.x SDK builds its
+`CreateHyperParameterTuningJob` request (`ModelTrainer.from_jumpstart_config` with a
+`HyperparameterTuner`) and the project launches its own through the Airflow operator, both
+against the moto endpoint of `fake_sagemaker`. Both requests are taken off the wire (botocore
+events) and compared field by field. The test passes only when they agree on every field
+except those in `DELIBERATE`, and each of those differs exactly as stated there (so a drift on
+either side, or a gap that has closed, fails and the table and the README are brought up to date).
+
+Offline: the SDK's V3 JumpStart trainer reads model metadata with `DescribeHubContent` (the
+SageMaker public hub), which moto does not serve. A `before-call` handler answers it with a hub
+document made from the same spec `jumpstart_fixtures` writes for the project (see
+`hub_document`), so both sides see one model. The SDK's S3 metadata functions
+(`metric_definitions.retrieve_default`) read the local override folders `serving` sets.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from fake_sagemaker import ACCOUNT, REGION, ROLE, serving
+from jumpstart_fixtures import MODEL_VERSION, model_spec
+
+MODEL = "tensorflow-ic-imagenet-mobilenet-v2-100-224-classification-4"
+INSTANCE_TYPE = "ml.g4dn.xlarge"
+LEARNING_RATES = [0.001, 0.0002]  # the spec's default learning rate times the study's multipliers 1 and 0.2
+DATA = "s3://study-data/pets"
+OUTPUT = "s3://study-data/output"
+CHANNELS = ("training", "validation", "test")
+# The notebook's fair-comparison rules, which the project applies to every model (planning.study_hyperparameters).
+STUDY_HYPERPARAMETERS = {"epochs": "10", "early_stopping": "True", "early_stopping_patience": "3",
+                         "early_stopping_min_delta": "0.0"}
+OBJECTIVE = {"Name": "val_accuracy", "Regex": r"- val_accuracy: ([0-9\.]+)"}
+CONTEXT = {"dag": SimpleNamespace(dag_id="sdk-reference"), "run_id": "manual__sdk_reference"}
+README_SECTION = "How our tuning request differs from the SageMaker SDK's"
+
+
+# -- how a difference is stated -----------------------------------------------------------------------
+class _Absent:
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+class _Any:
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+ABSENT = _Absent()  # the request has no such field
+ANY = _Any()  # present, any value (for values that carry a time stamp or are the project's own)
+
+
+@dataclass(frozen=True)
+class Match:
+    """A value that fully matches a regular expression."""
+
+    pattern: str
+
+    def __repr__(self) -> str:
+        return f"Match({self.pattern!r})"
+
+
+def _as_stated(expected: Any, value: Any) -> bool:
+    if expected is ANY:
+        return value is not ABSENT
+    if isinstance(expected, Match):
+        return isinstance(value, str) and re.fullmatch(expected.pattern, value) is not None
+    return value == expected
+
+
+@dataclass(frozen=True)
+class Difference:
+    fields: str  # a regular expression over the flattened field names below (fullmatch)
+    sdk: Any
+    ours: Any
+    why: str
+
+
+# Every field where our request deliberately differs from the SDK's, by the name the README's
+# section uses. Field names are the flattened request: see `flatten`. The first entry whose
+# `fields` match a differing field explains it.
+DELIBERATE: dict[str, Difference] = {
+    "tuning-job name": Difference(
+        r"HyperParameterTuningJobName", ANY, Match(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,31}"),
+        "the SDK names a job after its image and the time; ours is derived from the data set, study and model, "
+        "so a retried or re-planned launch attaches to its job instead of launching it twice"),
+    "strategy": Difference(
+        r"Strategy", "Bayesian", "Grid",
+        "Grid trains each listed learning rate exactly once, all in parallel; the SDK's default strategy chooses "
+        "among them"),
+    "stopping condition": Difference(
+        r"StoppingCondition\.MaxRuntimeInSeconds", 3600, 86400,
+        "the V3 SDK's default is one hour; a study's training jobs run up to the service's one day"),
+    "JumpStart metric name": Difference(
+        r"MetricDefinitions\.tensorflow-ic:val-accuracy", r"- val_accuracy: ([0-9\.]+)", ABSENT,
+        "the spec's default metric is read under the notebook's name val_accuracy, with the same regex"),
+    "per-problem metric list": Difference(
+        r"MetricDefinitions\..+", ABSENT, ANY,
+        "every figure the training script prints for this problem type (loss, accuracy, binary or top-5 "
+        "metrics, parameters, durations, test latency and throughput), so FinalMetricDataList holds them all"),
+    "log level": Difference(
+        r"Environment\.SM_LOG_LEVEL", "20", ABSENT,
+        "the V3 SDK turns the spec's sagemaker_container_log_level into an environment variable; "
+        "we send it as a hyperparameter, as the V2 SDK's script mode did (next row)"),
+    "script-mode hyperparameters": Difference(
+        r"HyperParameter\.(sagemaker_container_log_level|sagemaker_region)", ABSENT, ANY,
+        "the script-mode hyperparameters the V2 SDK sent to the JumpStart TensorFlow container"),
+    "V3 driver channel": Difference(
+        r"Channel\.sm_drivers\..+", ANY, ABSENT,
+        "the V3 SDK uploads its own launcher (sm_drivers) to the default bucket; the JumpStart container "
+        "runs sagemaker_program from sagemaker_submit_directory and does not use it"),
+    "data channel content type": Difference(
+        r"Channel\.(training|validation|test)\.ContentType", ABSENT, "application/x-image",
+        "names what the channels hold (class folders of images); File-mode channels need no content type"),
+    "our tags": Difference(
+        r"Tags\.model-selection:.+", ABSENT, ANY,
+        "the DAG, run and model of the job, so a job is found again and attributed"),
+}
+
+# Fields the API gives a default when they are left out: absent and the default mean the same request.
+API_DEFAULTS = {
+    r"OutputDataConfig\.CompressionType": "GZIP",
+    r"Channel\.[^.]+\.CompressionType": "None",
+    r"Channel\.[^.]+\.RecordWrapperType": "None",
+    r"TrainingJobEarlyStoppingType": "Off",
+    r"Enable(NetworkIsolation|InterContainerTrafficEncryption|ManagedSpotTraining)": False,
+}
+
+# Shorter names for the request's nested fields, as the table and the README use them.
+SHORTER = [
+    ("HyperParameterTuningJobConfig.", ""), ("TrainingJobDefinition.", ""), ("AlgorithmSpecification.", ""),
+    ("HyperParameterTuningJobObjective.", "Objective."), ("ParameterRanges.CategoricalParameterRanges.", "CategoricalRange."),
+    ("InputDataConfig.", "Channel."), ("DataSource.S3DataSource.", ""), ("StaticHyperParameters.", "HyperParameter."),
+]
+NAMING_KEYS = ("ChannelName", "Key", "Name")
+
+
+def flatten(value: Any, path: str = "") -> dict[str, Any]:
+    """One entry per leaf field; lists of named items (channels, tags, metrics, ranges) are keyed by name."""
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        key = next((k for k in NAMING_KEYS if all(k in item for item in value)), None)
+        if key is None:
+            return {path: value}
+        items = []
+        for item in value:
+            rest = {k: v for k, v in item.items() if k != key}
+            only = next(iter(rest.values())) if len(rest) == 1 else None
+            items.append((item[key], only if only is not None and not isinstance(only, dict) else rest))
+    else:
+        return {} if value is None or value == [] or value == {} else {path: value}
+    flat: dict[str, Any] = {}
+    for key, item in items:
+        flat.update(flatten(item, f"{path}.{key}" if path else str(key)))
+    return flat
+
+
+def fields(request: dict[str, Any]) -> dict[str, Any]:
+    flat = {}
+    for path, value in flatten(request).items():
+        for long, short in SHORTER:
+            path = path.replace(long, short)
+        flat[path] = value
+    return flat
+
+
+def with_api_defaults(flat: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """Fills in the API's default where this request leaves out a field the other one sets."""
+    filled = dict(flat)
+    for path in other.keys() - flat.keys():
+        if re.fullmatch(r"Channel\.[^.]+\.InputMode", path):
+            filled[path] = flat.get("TrainingInputMode", "File")
+            continue
+        default = next((value for pattern, value in API_DEFAULTS.items() if re.fullmatch(pattern, path)), ABSENT)
+        if default is not ABSENT:
+            filled[path] = default
+    return filled
+
+
+def differences(sdk: dict[str, Any], ours: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    sdk_fields, our_fields = fields(sdk), fields(ours)
+    sdk_fields, our_fields = with_api_defaults(sdk_fields, our_fields), with_api_defaults(our_fields, sdk_fields)
+    return {path: (sdk_fields.get(path, ABSENT), our_fields.get(path, ABSENT))
+            for path in sorted(sdk_fields.keys() | our_fields.keys())
+            if sdk_fields.get(path, ABSENT) != our_fields.get(path, ABSENT)}
+
+
+# -- the SDK's request ---------------------------------------------------------------------------------
+def hub_document(model_id: str, region: str) -> dict[str, Any]:
+    """What DescribeHubContent holds for the model: the fixture's S3 spec in the hub's document schema.
+
+    URIs are the spec's keys in the region's JumpStart bucket, as the SDK's S3 retrieve functions
+    build them. The V3 trainer takes a variant's ImageUri as it is, so variants carry the image
+    the spec's regional alias names.
+    """
+    spec = model_spec(model_id, region)
+    bucket = f"s3://jumpstart-cache-prod-{region}"
+    variants = spec["training_instance_type_variants"]
+    aliases = variants["regional_aliases"][region]
+    hyperparameters = []
+    for hyperparameter in spec["hyperparameters"]:
+        entry = {"Name": hyperparameter["name"], "Type": hyperparameter["type"], "Default": hyperparameter["default"],
+                 "Scope": hyperparameter["scope"]}
+        entry.update({key.capitalize(): hyperparameter[key] for key in ("min", "max", "options") if key in hyperparameter})
+        hyperparameters.append(entry)
+    return {
+        "ModelTypes": ["OPEN_WEIGHTS"],
+        "Url": f"https://example.com/{model_id}",
+        "MinSdkVersion": spec["min_sdk_version"],
+        "TrainingSupported": spec["training_supported"],
+        "IncrementalTrainingSupported": spec["incremental_training_supported"],
+        "Hyperparameters": hyperparameters,
+        "TrainingScriptUri": f"{bucket}/{spec['training_script_key']}",
+        "TrainingArtifactUri": f"{bucket}/{spec['training_artifact_key']}",
+        "TrainingMetrics": spec["metrics"],
+        "DefaultTrainingInstanceType": spec["default_training_instance_type"],
+        "SupportedTrainingInstanceTypes": spec["supported_training_instance_types"],
+        "TrainingVolumeSize": spec["training_volume_size"],
+        "TrainingEnableNetworkIsolation": spec["training_enable_network_isolation"],
+        "EncryptInterContainerTraffic": spec["estimator_kwargs"]["encrypt_inter_container_traffic"],
+        "TrainingInstanceTypeVariants": {
+            "Aliases": aliases,
+            "Variants": {family: {"Properties": {"ImageUri": aliases[variant["regional_properties"]["image_uri"].lstrip("$")]}}
+                         for family, variant in variants["variants"].items()},
+        },
+        "ResourceNameBase": spec["resource_name_base"],
+    }
+
+
+def answer_describe_hub_content(params: dict[str, Any], **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    """A before-call handler: the public hub's answer, without a request."""
+    from botocore.awsrequest import AWSResponse
+
+    asked = json.loads(params["body"])
+    name, hub = asked["HubContentName"], asked["HubName"]
+    return AWSResponse(params["url"], 200, {}, None), {
+        "HubContentName": name, "HubContentVersion": MODEL_VERSION, "HubContentType": "Model",
+        "HubContentArn": f"arn:aws:sagemaker:{REGION}:aws:hub-content/{hub}/Model/{name}/{MODEL_VERSION}",
+        "DocumentSchemaVersion": "2.3.0", "HubName": hub, "HubArn": f"arn:aws:sagemaker:{REGION}:aws:hub/{hub}",
+        "HubContentDocument": json.dumps(hub_document(name, REGION)), "HubContentStatus": "Available",
+        "CreationTime": dt.datetime.now(dt.timezone.utc),
+    }
+
+
+def sdk_request(monkeypatch: Any, endpoint: str) -> dict[str, Any]:
+    """The request the SDK sends for the model and settings, as it went on the wire (to moto)."""
+    import boto3
+    from botocore.awsrequest import AWSResponse
+    from sagemaker.core import metric_definitions
+    from sagemaker.core.helper.session_helper import Session
+    from sagemaker.core.jumpstart.configs import JumpStartConfig
+    from sagemaker.core.parameter import CategoricalParameter
+    from sagemaker.core.training.configs import Compute, InputData, OutputDataConfig
+    from sagemaker.train.model_trainer import ModelTrainer
+    from sagemaker.train.tuner import HyperparameterTuner
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # every client the SDK makes reaches moto
+    monkeypatch.setenv("SAGEMAKER_VALIDATE_ROLE", "false")  # the SDK's client-side IAM check; not part of the request
+    sent: list[dict[str, Any]] = []
+    boto_session = boto3.Session(region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing")
+    boto_session.events.register("before-call.sagemaker.DescribeHubContent", answer_describe_hub_content)
+    # moto has no IAM policy simulation; the SDK asks it whether the role may write to its default bucket.
+    boto_session.events.register("before-call.iam.SimulatePrincipalPolicy", lambda params, **kwargs: (
+        AWSResponse(params["url"], 200, {}, None), {"EvaluationResults": [{"EvalDecision": "allowed"}]}))
+    boto_session.events.register("before-call.sagemaker.CreateHyperParameterTuningJob",
+                                 lambda params, **kwargs: sent.append(json.loads(params["body"])))
+    # A default bucket named as the SDK names it (it would ask STS's fixed regional endpoint for the account).
+    session = Session(boto_session=boto_session, default_bucket=f"sagemaker-{REGION}-{ACCOUNT}")
+
+    trainer = ModelTrainer.from_jumpstart_config(
+        JumpStartConfig(model_id=MODEL),
+        compute=Compute(instance_type=INSTANCE_TYPE),
+        hyperparameters=dict(STUDY_HYPERPARAMETERS),
+        output_data_config=OutputDataConfig(s3_output_path=OUTPUT),
+        sagemaker_session=session,
+        role=ROLE,
+    )
+    jumpstart_metrics = metric_definitions.retrieve_default(
+        model_id=MODEL, model_version="*", region=REGION, sagemaker_session=session)
+    tuner = HyperparameterTuner(
+        trainer, OBJECTIVE["Name"], {"learning_rate": CategoricalParameter(LEARNING_RATES)},
+        metric_definitions=[*jumpstart_metrics, OBJECTIVE],  # the model's own, and the objective's
+        objective_type="Maximize", max_jobs=len(LEARNING_RATES), max_parallel_jobs=len(LEARNING_RATES),
+    )
+    tuner.tune(inputs=[InputData(channel_name=channel, data_source=f"{DATA}/{channel}") for channel in CHANNELS],
+               wait=False)
+    assert len(sent) == 1, sent
+    return sent[0]
+
+
+# -- the project's request -----------------------------------------------------------------------------
+def our_request(tmp_path: Path, hooked: list) -> dict[str, Any]:
+    """The request the project's launch operator sends for the same model and settings."""
+    from model_selection.dag_tasks import plan_task
+    from model_selection.operators import TuningJobLaunchOperator
+
+    sent: list[dict[str, Any]] = []
+
+    def record(request: Any, event_name: str, **kwargs: Any) -> None:
+        if event_name.endswith(".CreateHyperParameterTuningJob"):
+            sent.append(json.loads(request.body))
+
+    hooked.append(record)
+    params = {
+        "backend": "sagemaker", "model_ids": [MODEL],
+        "dataset": {"name": "pets", **{channel: f"{DATA}/{channel}" for channel in CHANNELS}},
+        "hyperparameters": {}, "learning_rate_multipliers": [1.0, 0.2],
+        "epochs": int(STUDY_HYPERPARAMETERS["epochs"]),
+        "early_stopping_patience": int(STUDY_HYPERPARAMETERS["early_stopping_patience"]),
+        "instance_type": INSTANCE_TYPE, "role_arn": ROLE, "output_path": OUTPUT,
+        "results_uri": str(tmp_path / "results"),
+    }
+    [launch] = plan_task(params, tmp_path)["launches"]
+    TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT)
+    hooked.remove(record)
+    assert len(sent) == 1, sent
+    return sent[0]
+
+
+# -- the test ------------------------------------------------------------------------------------------
+def table(rows: dict[str, tuple[Any, Any]]) -> str:
+    return "\n".join(f"  {path}: SDK {sdk!r} | ours {ours!r}" for path, (sdk, ours) in rows.items())
+
+
+def problems_with(sdk: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+    """Each difference DELIBERATE does not state, each one not as stated, and each stated one gone."""
+    problems = []
+    explained: dict[str, list[str]] = {name: [] for name in DELIBERATE}
+    for path, (sdk_value, our_value) in differences(sdk, ours).items():
+        name = next((name for name, entry in DELIBERATE.items() if re.fullmatch(entry.fields, path)), None)
+        if name is None:
+            problems.append(f"{path}: SDK {sdk_value!r} | ours {our_value!r} is not a stated difference")
+            continue
+        entry = DELIBERATE[name]
+        if not (_as_stated(entry.sdk, sdk_value) and _as_stated(entry.ours, our_value)):
+            problems.append(f"{path}: SDK {sdk_value!r} | ours {our_value!r}, but {name!r} states "
+                            f"SDK {entry.sdk!r} | ours {entry.ours!r}")
+        explained[name].append(path)
+    problems += [f"{name!r} no longer differs: remove it from DELIBERATE and the README"
+                 for name, paths in explained.items() if not paths]
+    return problems
+
+
+def test_our_tuning_request_differs_from_the_sdks_only_where_stated(tmp_path, monkeypatch, hooked):
+    with serving(tmp_path, monkeypatch, [MODEL], run_seconds=3600) as fake:  # jobs stay InProgress
+        ours = our_request(tmp_path, hooked)
+        sdk = sdk_request(monkeypatch, fake.endpoint)
+
+    problems = problems_with(sdk, ours)
+    assert not problems, "\n".join(problems) + "\n\nevery difference:\n" + table(differences(sdk, ours))
+
+    # What the rows above allow must still hold as concepts: we read every figure the SDK reads
+    # (under any name), and the objective's definition is the SDK's.
+    def regexes(request):
+        return {d["Regex"] for d in request["TrainingJobDefinition"]["AlgorithmSpecification"]["MetricDefinitions"]}
+
+    assert regexes(sdk) <= regexes(ours)
+    objective = ours["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]
+    assert objective == {"Type": "Maximize", "MetricName": OBJECTIVE["Name"]}
+    assert OBJECTIVE in ours["TrainingJobDefinition"]["AlgorithmSpecification"]["MetricDefinitions"]
+
+
+def test_the_readme_states_every_deliberate_difference():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert README_SECTION in readme, f"README.md has no section {README_SECTION!r}"
+    section = readme.split(README_SECTION, 1)[1].split("\n## ", 1)[0]
+    missing = [name for name in DELIBERATE if name.lower() not in section.lower()]
+    assert not missing, f"README section {README_SECTION!r} does not state: {missing}"
