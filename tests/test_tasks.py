@@ -78,9 +78,27 @@ def test_a_name_taken_by_another_model_is_refused_not_attached(study, tmp_path):
     launch = launch_for(study, "test_resnet", tmp_path / "jobs")
     TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT)
     impostor = {**launch, "model_id": "test_efficientnet", "spec": launch_for(study, "test_efficientnet", tmp_path / "jobs")["spec"]}
-    with pytest.raises(AirflowFailException, match="was not launched with this configuration"):
+    with pytest.raises(AirflowFailException, match="was not launched with this model and configuration"):
         TuningJobLaunchOperator(task_id="launch", launch=impostor).execute(CONTEXT)
     LocalSageMakerClient(tmp_path / "jobs").stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=launch["job_name"])
+
+
+def test_the_job_identity_ignores_what_the_service_adds_and_sees_the_model_channel(study, tmp_path):
+    from model_selection.hooks import NameTaken, check_same_job
+    from model_selection.tuning_request import request_for_launch
+
+    request = request_for_launch(launch_for(study, "test_resnet", tmp_path / "jobs"))
+    described = json.loads(json.dumps(request))
+    described["TrainingJobDefinition"]["StaticHyperParameters"]["_tuning_objective_metric"] = "val_accuracy"
+    described.pop("Tags", None)  # DescribeHyperParameterTuningJob returns no tags
+    check_same_job(described, request)  # what SageMaker adds to a description is not a difference
+    described["TrainingJobDefinition"]["InputDataConfig"].append(
+        {"ChannelName": "model", "DataSource": {"S3DataSource": {"S3Uri": "s3://other-model/weights.tar.gz"}}})
+    check_same_job(described, request)  # a channel the request does not set is not compared either
+    request["TrainingJobDefinition"]["InputDataConfig"].append(
+        {"ChannelName": "model", "DataSource": {"S3DataSource": {"S3Uri": "s3://this-model/weights.tar.gz"}}})
+    with pytest.raises(NameTaken, match="input channels differ"):  # same hyperparameters, another model's weights
+        check_same_job(described, request)
 
 
 def test_launch_rechecks_capacity_at_a_fixed_interval_while_the_study_has_its_limit_in_flight(study, tmp_path):
@@ -101,7 +119,7 @@ def test_launch_rechecks_capacity_at_a_fixed_interval_while_the_study_has_its_li
     time.sleep(1)
     with pytest.raises(TaskDeferred) as again:  # the same short interval; the start of waiting is kept
         operator.execute(context, **deferred.value.kwargs)
-    assert again.value.kwargs == {"waits": 2, "waiting_since": deferred.value.kwargs["waiting_since"]}
+    assert again.value.kwargs == {"waits": 2, "waiting_since": deferred.value.kwargs["waiting_since"], "kind": "capacity"}
     assert 4 < seconds_until(again.value.trigger.moment) <= 5
     client.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=busy["job_name"])
     assert run_trigger(TuningJobTrigger(busy["job_name"], busy["hook_params"], 0.2, time.time() + 120))["outcome"] == "stopped"
@@ -150,8 +168,8 @@ def test_trigger_times_out_and_the_sensor_stops_the_job(study, tmp_path):
     assert event["outcome"] == "timeout"
     from airflow.sdk.exceptions import AirflowSensorTimeout
 
-    with pytest.raises(AirflowSensorTimeout):
-        TuningJobSensor(task_id="wait", job=slow).execute_complete(CONTEXT, event)
+    with pytest.raises(AirflowSensorTimeout):  # as the task runner resumes it with the trigger's event
+        TuningJobSensor(task_id="wait", job=slow).resume_execution("execute_complete", {"event": event}, dict(CONTEXT))
     client = LocalSageMakerClient(tmp_path / "jobs")
     for _ in range(100):
         status = client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=slow["job_name"])
@@ -159,6 +177,50 @@ def test_trigger_times_out_and_the_sensor_stops_the_job(study, tmp_path):
             break
         time.sleep(0.2)
     assert status["HyperParameterTuningJobStatus"] == "Stopped"
+
+
+def wait_for_status(client: LocalSageMakerClient, name: str, wanted: tuple[str, ...], seconds: float = 20) -> str:
+    deadline = time.time() + seconds
+    while True:
+        status = client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)["HyperParameterTuningJobStatus"]
+        if status in wanted or time.time() > deadline:
+            return status
+        time.sleep(0.2)
+
+
+def test_every_other_end_of_a_wait_without_its_job_stops_the_job(study, tmp_path):
+    """Poke-mode timeout, Airflow's own deferral timeout, a kill while poking: the job is stopped each time."""
+    from airflow.sdk.bases.operator import TriggerFailureReason
+    from airflow.sdk.exceptions import AirflowSensorTimeout
+
+    client = LocalSageMakerClient(tmp_path / "jobs")
+    slow = [launch_for(study, model_id, tmp_path / "jobs", epochs="500", early_stopping="False") for model_id in ("test_resnet", "test_efficientnet")]
+    for launch in slow:
+        TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT)
+    poking = TuningJobSensor(task_id="wait", job=slow[0], deferrable=False, poke_interval=0.2, timeout=1)
+    with pytest.raises(AirflowSensorTimeout):
+        poking.execute(dict(CONTEXT))
+    assert wait_for_status(client, slow[0]["job_name"], ("Stopped",)) == "Stopped"
+    deferred = TuningJobSensor(task_id="wait", job=slow[1])
+    with pytest.raises(AirflowSensorTimeout):
+        deferred.resume_execution("__fail__", {"error": TriggerFailureReason.TRIGGER_TIMEOUT}, dict(CONTEXT))
+    assert wait_for_status(client, slow[1]["job_name"], ("Stopped",)) == "Stopped"
+    with pytest.raises(TaskDeferred) as deferral:  # the deferral carries the timeout for Airflow to enforce
+        TuningJobSensor(task_id="wait", job=slow[1], timeout=3600, poke_interval=30).execute(dict(CONTEXT))
+    assert deferral.value.timeout.total_seconds() == 3600 + 4 * 30
+    assert deferral.value.trigger.stop_on_kill is True
+
+
+def test_the_trigger_stops_its_job_when_a_user_kills_the_waiting_task(study, tmp_path):
+    client = LocalSageMakerClient(tmp_path / "jobs")
+    slow = launch_for(study, "test_resnet", tmp_path / "jobs", epochs="500", early_stopping="False")
+    TuningJobLaunchOperator(task_id="launch", launch=slow).execute(CONTEXT)
+    keeping = TuningJobTrigger(slow["job_name"], slow["hook_params"], 0.2, time.time() + 60, stop_on_kill=False)
+    asyncio.run(keeping.on_kill())
+    assert client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=slow["job_name"])[
+        "HyperParameterTuningJobStatus"] == "InProgress"
+    asyncio.run(TuningJobTrigger(slow["job_name"], slow["hook_params"], 0.2, time.time() + 60).on_kill())
+    assert wait_for_status(client, slow["job_name"], ("Stopped",)) == "Stopped"
 
 
 def test_trigger_serializes_to_an_importable_class():

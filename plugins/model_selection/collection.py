@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from model_selection.hooks import NameTaken, check_same_job
 from model_selection.metrics import extract_final_metrics
+from model_selection.tuning_request import request_for_launch
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,10 @@ def collect_row(hook: Any, launch: Mapping[str, Any], study_settings: Mapping[st
         tuning = hook.describe(launch["job_name"])
         if tuning is None:
             return {**row, "status": "NotLaunched", "failure_reason": "the tuning job was never created (its launch failed)"}
+        try:
+            check_same_job(tuning, request_for_launch(launch))
+        except NameTaken as error:  # its launch refused to attach: that job's results are not this model's
+            return {**row, "status": "NotLaunched", "failure_reason": str(error)}
         row["status"] = tuning["HyperParameterTuningJobStatus"]
         row["failure_reason"] = tuning.get("FailureReason")
         if tuning.get("HyperParameterTuningEndTime") and tuning.get("CreationTime"):

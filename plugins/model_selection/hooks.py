@@ -75,7 +75,7 @@ class TuningJobHook:
         description = self.describe(request["HyperParameterTuningJobName"])
         if description is None:
             return None
-        _check_same_job(description, request)
+        check_same_job(description, request)
         return description["HyperParameterTuningJobStatus"]
 
     def create_or_attach(self, request: Mapping[str, Any]) -> tuple[bool, str]:
@@ -147,15 +147,38 @@ class TuningJobHook:
             raise
 
 
-def _check_same_job(description: Mapping[str, Any], request: Mapping[str, Any]) -> None:
-    """A job name is derived from data set, configuration and model: a different job under it is a collision."""
-    expected = request["TrainingJobDefinition"]["StaticHyperParameters"]
-    found = description.get("TrainingJobDefinition", {}).get("StaticHyperParameters", {})
-    differing = sorted(key for key in expected if found.get(key) != expected[key])
+def job_identity(definition: Mapping[str, Any]) -> dict[str, Any]:
+    """What makes a tuning job this model's in this configuration, from a request or a description.
+
+    Static hyperparameters alone are not enough: JumpStart models of one framework share them,
+    and the model is named by its image and its `model` channel.
+    """
+    training = definition.get("TrainingJobDefinition") or {}
+    ranges = ((definition.get("HyperParameterTuningJobConfig") or {}).get("ParameterRanges") or {})
+    return {
+        "static hyperparameters": training.get("StaticHyperParameters") or {},
+        "training image": (training.get("AlgorithmSpecification") or {}).get("TrainingImage"),
+        "input channels": {channel["ChannelName"]: channel["DataSource"]["S3DataSource"]["S3Uri"]
+                           for channel in training.get("InputDataConfig") or []},
+        "instance type": (training.get("ResourceConfig") or {}).get("InstanceType"),
+        "tuned values": {item["Name"]: item["Values"] for item in ranges.get("CategoricalParameterRanges") or []},
+    }
+
+
+def check_same_job(description: Mapping[str, Any], request: Mapping[str, Any]) -> None:
+    """A job name is derived from data set, configuration and model: a different job under it is a collision.
+
+    What the request sets must be found as it was sent; entries the service adds to a description
+    (such as `_tuning_objective_metric` among the static hyperparameters) do not count.
+    """
+    expected, found = job_identity(request), job_identity(description)
+    differing = [part for part, value in expected.items()
+                 if (value != found[part] if not isinstance(value, dict)
+                     else any(found[part].get(key) != item for key, item in value.items()))]
     if differing:
         raise NameTaken(
             f"a tuning job named {request['HyperParameterTuningJobName']} exists but was not launched with this "
-            f"configuration (static hyperparameters {differing} differ); refusing to attach to it"
+            f"model and configuration ({', '.join(differing)} differ); refusing to attach to it"
         )
 
 

@@ -100,16 +100,13 @@ class TuningJobLaunchOperator(BaseOperator):
         return result
 
     def _request(self, context: Any) -> dict[str, Any]:
-        from model_selection.tuning_request import build_tuning_request
+        from model_selection.tuning_request import request_for_launch
 
-        spec = dict(self.launch["spec"])
-        tags = {
-            **spec.pop("tags", {}),
+        return request_for_launch(self.launch, tags={
             "model-selection:dag-id": context["dag"].dag_id,
             "model-selection:run-id": context["run_id"],
             "model-selection:model-id": self.launch["model_id"],
-        }
-        return build_tuning_request(self.job_name, **spec, tags=tags)
+        })
 
     def _wait(self, context: Any, why: str, kind: str, waits: int, waiting_since: float | None) -> None:
         """Defer and come back to `execute`; fail once all waiting has lasted longer than allowed."""

@@ -12,7 +12,6 @@ from airflow.sdk.exceptions import (
     AirflowException,
     AirflowFailException,
     AirflowSensorTimeout,
-    TaskDeferralTimeout,
 )
 
 from model_selection.job_status import FAILED, RUNNING, STOPPED, SUCCESS, progress, tuning_job_outcome
@@ -100,12 +99,13 @@ class TuningJobSensor(BaseSensorOperator):
         return outcome == SUCCESS
 
     def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Any) -> Any:
-        """Airflow's deferral timeout fails the task without the trigger: stop the job here."""
+        """Every timeout of a deferred wait ends here: the trigger's deadline (its event) and Airflow's own
+        deferral timeout (which fails the task without the trigger). Either way the job is stopped."""
         try:
             return super().resume_execution(next_method, next_kwargs, context)
-        except TaskDeferralTimeout as error:
+        except AirflowSensorTimeout:  # the base sensor's translation of Airflow's TaskDeferralTimeout
             self._stop_job()
-            raise AirflowSensorTimeout(f"{self.job_name}: {error}") from error
+            raise
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
         if event.get("throttled"):
@@ -115,8 +115,7 @@ class TuningJobSensor(BaseSensorOperator):
         if event["outcome"] == SUCCESS:
             return self._finished(context, event["job_status"], event.get("throttled", 0))
         if event["outcome"] == "timeout":
-            self._stop_job()
-            raise AirflowSensorTimeout(event["reason"])
+            raise AirflowSensorTimeout(event["reason"])  # resume_execution stops the job
         if event["outcome"] in (FAILED, STOPPED):
             raise AirflowFailException(event["reason"])
         raise AirflowException(event["reason"])

@@ -92,3 +92,10 @@ def build_tuning_request(
     if tags:
         request["Tags"] = [{"Key": key, "Value": str(value)} for key, value in tags.items()]
     return request
+
+
+def request_for_launch(launch: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The request of one planned launch (`job_name` and `spec`); the spec's own tags (JumpStart's) and `tags`."""
+    spec = dict(launch["spec"])
+    all_tags = {**spec.pop("tags", {}), **(tags or {})}
+    return build_tuning_request(launch["job_name"], **spec, tags=all_tags or None)
