@@ -61,6 +61,15 @@ PARAMS = {
     "output_path": Param(None, type=["null", "string"], description="SageMaker s3:// output path for model artifacts."),
     "aws_conn_id": Param("aws_default", type="string", description="Airflow AWS connection for SageMaker."),
     "region_name": Param(None, type=["null", "string"], description="AWS region (empty: the connection's)."),
+    "objectives": Param(["test_accuracy:max", "test_throughput:max"], type="array", items={"type": "string"},
+                        description="The frontier's objectives, metric:max or metric:min; the first decides the "
+                                    "recommendation (any row metric, cost_usd included)."),
+    "constraints": Param([], type="array", items={"type": "string"},
+                         description="What the recommended model must meet, e.g. test_throughput>=100, "
+                                     "num_params<=10e6, cost_usd<=5."),
+    "local_usd_per_hour": Param(None, type=["null", "number"], minimum=0,
+                                description="What an hour of this machine costs, for the local backend's cost_usd "
+                                            "(SageMaker uses include/prices)."),
 }
 
 
@@ -117,10 +126,9 @@ def image_classification_model_selection():
     def frontier_report(study: dict, collected: dict) -> str:
         from model_selection.dag_tasks import report_task
 
-        location = report_task(study)
-        get_current_context()["outlet_events"][REPORT_ASSET].extra = {
-            "report": location, "dataset": study["dataset"]["name"], "config_hash": study["config_hash"]}
-        return location
+        report = report_task(study)
+        get_current_context()["outlet_events"][REPORT_ASSET].extra = report
+        return report["report"]
 
     launches = plan()
     study = XComArg(launches.operator, key="study")

@@ -87,7 +87,17 @@ def test_end_to_end_backfill_and_a_failing_model(airflow):
     for row in rows.values():
         assert row["test_accuracy"] is not None and row["test_throughput"] > 0 and row["learning_rate"] in (0.001, 0.0002)
         assert row["best_training_job_name"].startswith(row["tuning_job_name"])
+        assert row["test_examples"] == 3 * 4  # what the trainer timed: every test image
     assert len(tuning_jobs(airflow)) == 2
+    # the Asset event carries the recommendation: a model with the best test accuracy
+    import json
+    import sqlite3
+
+    with sqlite3.connect(airflow["root"] / "home" / "airflow.db") as database:
+        extra = json.loads(database.execute("SELECT extra FROM asset_event ORDER BY id DESC LIMIT 1").fetchone()[0])
+    best = max(row["test_accuracy"] for row in rows.values())
+    assert rows[extra["recommended"]]["test_accuracy"] == best, extra
+    assert extra["summary"].startswith("Recommended: ") and extra["report"].endswith(rows[extra["recommended"]]["config_hash"])
 
     # test_convnext cannot run on 16-pixel images (its stem shrinks them below its kernel): a real crash.
     second = dags_test(airflow["environment"],

@@ -71,7 +71,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_write_report_files(rows, tmp_path):
     paths = write_report(rows, tmp_path / "out", settings={"objective note": "<script>alert('s')</script>"})
-    assert {path.name for path in paths.values()} == {"frontier.csv", "frontier.md", "frontier.png", "report.html"}
+    assert {path.name for path in paths.values()} == {"frontier.csv", "frontier.md", "frontier.png", "frontier.svg", "report.html"}
     assert all(path.exists() for path in paths.values())
 
     table = read_csv(paths["csv"])
@@ -108,7 +108,8 @@ def test_write_report_files(rows, tmp_path):
     assert "<script" not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
     assert "&lt;script&gt;alert(&#x27;s&#x27;)&lt;/script&gt;" in page
-    assert "data:image/png;base64," in page
+    assert '<figure class="plot" id="frontier-plot"><svg' in page, "the plot is inline, with hover titles"
+    assert page.count("<title>") == 1 + 4, "the page's title and one hover title per plotted model"
     for section in ("Frontier", "All models", "Failed, stopped or not launched", "Left out: missing objectives", "Run settings"):
         assert f"<h2>{section}</h2>" in page
     left_out = page.split("<h2>Left out: missing objectives</h2>")[1].split("<h2>")[0]
@@ -161,7 +162,7 @@ def test_one_and_three_objectives(rows, tmp_path):
 
 
 def check_cli_output(out: Path, printed: str) -> None:
-    for name in ("frontier.csv", "frontier.md", "frontier.png", "report.html"):
+    for name in ("frontier.csv", "frontier.md", "frontier.png", "frontier.svg", "report.html"):
         assert (out / name).exists()
         assert str(out / name) in printed
     assert {row["model_id"]: row["on_frontier"] for row in read_csv(out / "frontier.csv")} == EXPECTED_FRONTIER

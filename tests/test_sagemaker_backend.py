@@ -246,8 +246,9 @@ def test_collected_row_holds_the_best_training_jobs_metrics(fake, tmp_path):
     assert "test_top_5_accuracy" not in expected  # two classes: the request defines no top-5 metric
     assert row["model_version"] == launch["model_version"] and row["billable_seconds"] is None  # moto reports none
     assert row["model_artifacts"].startswith("s3://study-data/output/")
+    assert row["test_examples"] == 2  # the images under the test prefix: one cat, one dog
     assert row["throughput_measure"] == THROUGHPUT_MEASURES["sagemaker"]
-    assert row["instance_type"] == "ml.g4dn.xlarge" and row["family"] == "mobilenet"
+    assert row["instance_type"] == "ml.g4dn.xlarge" and row["family"] == "MobileNet v2"
 
 
 def test_the_sagemaker_sdk_reads_a_job_this_project_launched(fake, tmp_path, monkeypatch):

@@ -262,11 +262,14 @@ def test_a_curated_model_list_replaces_model_ids_and_local_settings_stay_local()
 def test_study_lists_every_problem_at_once(tmp_path):
     _, problems = Study.parse({"model_ids": [], "dataset": {"name": "bad name!", "training": "x", "colour": 1},
                                "learning_rate_multipliers": [0], "epochs": 0, "backend": "gcp",
-                               "model_list": "../../etc/passwd"}, tmp_path)
+                               "model_list": "../../etc/passwd", "objectives": ["test_accuracy:sideways"],
+                               "constraints": ["num_params<<5"], "local_usd_per_hour": -1}, tmp_path)
     text = "\n".join(problems)
     for expected in ("backend 'gcp'", "model list is empty", "dataset name 'bad name!'", "unknown fields ['colour']",
                      "multiplier 0 is not a positive number", "epochs must be an integer of at least 1",
-                     "model_list '../../etc/passwd' is not a list name"):
+                     "model_list '../../etc/passwd' is not a list name",
+                     "objective 'test_accuracy:sideways': direction must be 'max' or 'min'",
+                     "constraint 'num_params<<5'", "local_usd_per_hour must be a number of at least 0"):
         assert expected in text
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from urllib.parse import unquote, urlparse
 
 from model_selection.hooks import NameTaken, check_same_job
 from model_selection.metrics import extract_final_metrics
+from model_selection.names import model_family
 from model_selection.tuning_request import request_for_launch
 
 log = logging.getLogger(__name__)
@@ -27,20 +27,6 @@ THROUGHPUT_MEASURES = {
 }
 # What the report needs; if FinalMetricDataList lacks one, the training log is read for it.
 REPORT_METRICS = ("num_params", "test_accuracy", "test_top_5_accuracy", "test_throughput", "train_epoch_duration")
-JUMPSTART_PREFIXES = ("tensorflow-ic-", "pytorch-ic-", "imagenet-", "tf2-preview-", "bit-m-", "bit-s-")
-
-
-def model_family(model_id: str) -> str:
-    """The architecture family a plot colours by: resnet, efficientnet, mobilenetv3, swin, ..."""
-    name = model_id.split(".")[0].lower()
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in JUMPSTART_PREFIXES:
-            if name.startswith(prefix):
-                name, stripped = name[len(prefix):], True
-    match = re.match(r"[a-z]+(?:v\d+(?=[_\-]|$))?", name)
-    return match.group(0) if match else name
 
 
 def _local_details(model_artifacts: str | None) -> dict[str, Any]:
@@ -61,6 +47,7 @@ def _local_details(model_artifacts: str | None) -> dict[str, Any]:
         "best_epoch": summary.get("best_epoch"),
         "epochs_run": summary.get("epochs_run"),
         "skipped_images": len(summary.get("skipped_images", [])),
+        "test_examples": (summary.get("test_timing") or {}).get("timed_examples"),
     }
 
 
@@ -98,6 +85,7 @@ def collect_row(hook: Any, launch: Mapping[str, Any], study_settings: Mapping[st
         "learning_rate": None,
         "throughput_measure": THROUGHPUT_MEASURES[backend],
         "instance_type": study_settings["instance_type"] if backend == "sagemaker" else None,
+        "test_examples": study_settings.get("test_examples"),
         "dag_run_id": run_id,
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }

@@ -95,22 +95,34 @@ def airflow_figures(ti: Any, launch: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def report_task(study: Mapping[str, Any]) -> str:
-    """Write the report of every result under this data set and configuration; returns its folder."""
-    from model_selection.report import write_report
+def report_task(study: Mapping[str, Any]) -> dict[str, Any]:
+    """Write the report of every result under this data set and configuration; returns where it is and
+    what it recommends (the Asset event's extra)."""
+    from model_selection.recommendation import recommend
+    from model_selection.report import with_costs, write_report
     from model_selection.results import ResultsStore, safe_file_name
 
     store = ResultsStore(study["results_uri"], conn_id=study["aws_conn_id"])
-    rows = store.read_latest(dataset=study["dataset"]["name"], config_hash=study["config_hash"])
+    rows = with_costs(store.read_latest(dataset=study["dataset"]["name"], config_hash=study["config_hash"]),
+                      local_usd_per_hour=study["local_usd_per_hour"])
     destination = store.root / "reports" / safe_file_name(study["dataset"]["name"]) / study["config_hash"]
-    title = f"Model selection: {study['dataset']['name']}"
+    options = {"objectives": study["objectives"], "settings": dict(study), "constraints": study["constraints"],
+               "title": f"Model selection: {study['dataset']['name']}"}
     if isinstance(destination, Path):
-        write_report(rows, destination, settings=dict(study), title=title)
+        write_report(rows, destination, **options)
     else:  # object storage: write here, then copy
         with tempfile.TemporaryDirectory() as scratch:
-            written = write_report(rows, Path(scratch), settings=dict(study), title=title)
+            written = write_report(rows, Path(scratch), **options)
             destination.mkdir(parents=True, exist_ok=True)
             for path in written.values():
                 (destination / path.name).write_bytes(path.read_bytes())
-    log.info("report of %d model(s): %s/report.html", len(rows), destination)
-    return str(destination)
+    decision = recommend(rows, study["objectives"], study["constraints"])
+    log.info("report of %d model(s): %s/report.html; %s", len(rows), destination, decision.summary())
+    return {
+        "report": str(destination), "dataset": study["dataset"]["name"], "config_hash": study["config_hash"],
+        "recommended": decision.chosen["model_id"] if decision.chosen else None,
+        "runners_up": [row["model_id"] for row in decision.runners_up],
+        "indistinguishable_from_recommended": list(decision.indistinguishable),
+        "closest": decision.closest["model_id"] if decision.closest else None,
+        "summary": decision.summary(),
+    }

@@ -148,4 +148,20 @@ def plan_study(params: dict[str, Any], project_root: Path, jobs_root: str) -> di
     names = [launch["job_name"] for launch in launches]
     if len(set(names)) != len(names):
         raise StudyError(f"two models were given the same tuning-job name: {sorted(names)}")
-    return {"study": study.settings(), "launches": launches, "skipped": skipped}
+    return {"study": {**study.settings(), "test_examples": test_examples(study)}, "launches": launches,
+            "skipped": skipped}
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def test_examples(study: Study) -> int | None:
+    """Images in the test channel: the size behind each test accuracy's confidence interval."""
+    location = study.dataset.test
+    if not location:
+        return None
+    if study.backend == "sagemaker":
+        from model_selection.backends.sagemaker import count_images
+
+        return count_images(location, study.aws_conn_id, study.region_name, IMAGE_SUFFIXES)
+    return sum(1 for path in Path(location).rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)

@@ -58,6 +58,10 @@ class Study:
     aws_conn_id: str = "aws_default"
     region_name: str | None = None
     model_filters: tuple[tuple[str, ...], ...] = ()
+    # How the report decides (not part of the configuration: changing them re-trains nothing).
+    objectives: tuple[str, ...] = ("test_accuracy:max", "test_throughput:max")
+    constraints: tuple[str, ...] = ()
+    local_usd_per_hour: float | None = None
 
     @property
     def config_hash(self) -> str:
@@ -113,6 +117,14 @@ class Study:
         if not re.fullmatch(r"ml\.[a-z0-9]+\.[a-z0-9]+", instance_type):
             problems.append(f"instance_type {instance_type!r} is not a SageMaker instance type such as ml.g4dn.xlarge")
 
+        objectives = _texts(params, "objectives", ["test_accuracy:max", "test_throughput:max"], problems)
+        constraints = _texts(params, "constraints", [], problems)
+        _check_report_settings(objectives, constraints, problems)
+        local_usd_per_hour = params.get("local_usd_per_hour")
+        if local_usd_per_hour is not None and not (_positive_number(local_usd_per_hour) or local_usd_per_hour == 0):
+            problems.append(f"local_usd_per_hour must be a number of at least 0, got {local_usd_per_hour!r}")
+            local_usd_per_hour = None
+
         from model_selection.results import default_results_uri
 
         study = cls(
@@ -133,12 +145,44 @@ class Study:
             aws_conn_id=str(params.get("aws_conn_id") or "aws_default"),
             model_filters=tuple(filters),
             region_name=params.get("region_name") or None,
+            objectives=tuple(objectives),
+            constraints=tuple(constraints),
+            local_usd_per_hour=None if local_usd_per_hour is None else float(local_usd_per_hour),
         )
         return study, problems
 
 
 def _positive_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _texts(params: Mapping[str, Any], name: str, default: list[str], problems: list[str]) -> list[str]:
+    value = params.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        problems.append(f"{name} must be a list of texts, got {value!r}")
+        return default
+    return [item.strip() for item in value if item.strip()]
+
+
+def _check_report_settings(objectives: list[str], constraints: list[str], problems: list[str]) -> None:
+    """Objectives such as `test_accuracy:max` and constraints such as `num_params<=10e6`, each named when wrong."""
+    from model_selection.frontier import Objective
+    from model_selection.recommendation import Constraint
+
+    if not objectives:
+        problems.append("objectives must name at least one metric, e.g. 'test_accuracy:max'")
+    for text in objectives:
+        try:
+            Objective.parse(text)
+        except ValueError as error:
+            problems.append(str(error))
+    for text in constraints:
+        try:
+            Constraint.parse(text)
+        except ValueError as error:
+            problems.append(str(error))
 
 
 def _string_map(params: Mapping[str, Any], name: str, problems: list[str]) -> dict[str, str]:

@@ -79,32 +79,33 @@ def _query(**parameters: str) -> str:
 
 
 def navigation(rows_by_dataset: Mapping[str, Sequence[Mapping[str, Any]]], dataset: str, config_hash: str,
-               links: UILinks) -> str:
-    """Data sets and this data set's configurations, as links; every name escaped."""
-    escape = html.escape
-    datasets = " · ".join(
-        f"<strong>{escape(name)}</strong>" if name == dataset else f'<a href="{escape(_query(dataset=name))}">{escape(name)}</a>'
-        for name in sorted(rows_by_dataset)
-    )
-    hashes = sorted({str(row.get("config_hash")) for row in rows_by_dataset[dataset]})
-    configurations = " · ".join(
-        f"<strong>{escape(value)}</strong>" if value == config_hash
-        else f'<a href="{escape(_query(dataset=dataset, config_hash=value))}">{escape(value)}</a>'
-        for value in hashes
-    )
+               links: UILinks) -> dict[str, Any]:
+    """Data sets and this data set's configurations, as the `nav` of templates/ui_page.html.
+
+    The current choice is plain text, the others `Link`s (hrefs only from `UILinks` or `?query`
+    strings built here); the template escapes every name.
+    """
+    from model_selection.report import Link
+
     runs = [row for row in rows_by_dataset[dataset] if str(row.get("config_hash")) == config_hash
             and row.get("dag_id") == DAG_ID and row.get("dag_run_id")]
     latest_run = max(runs, key=lambda row: str(row.get("finished_at", "")), default=None)
-    live = "" if latest_run is None else (
-        f' · <a href="{escape(links.run_view(DAG_ID, str(latest_run["dag_run_id"])))}" target="_top">'
-        f'Lanes of its latest run ({escape(str(latest_run["dag_run_id"]))})</a>')
-    return (f'<nav><p>Data sets: {datasets}</p><p>Configurations of {escape(dataset)}: '
-            f'{configurations}</p><p><a href="{escape(links.dag(DAG_ID))}" target="_top">Run the study '
-            f"({escape(DAG_ID)})</a>{live}</p></nav>")
+    return {
+        "dataset": dataset,
+        "datasets": [name if name == dataset else Link(name, _query(dataset=name)) for name in sorted(rows_by_dataset)],
+        "configurations": [
+            value if value == config_hash else Link(value, _query(dataset=dataset, config_hash=value))
+            for value in sorted({str(row.get("config_hash")) for row in rows_by_dataset[dataset]})
+        ],
+        "dag": Link(f"Run the study ({DAG_ID})", links.dag(DAG_ID)),
+        "live": None if latest_run is None else Link(
+            f"Lanes of its latest run ({latest_run['dag_run_id']})", links.run_view(DAG_ID, str(latest_run["dag_run_id"]))),
+    }
 
 
 # Airflow embeds the page in an iframe sandboxed without `allow-top-navigation`, so a `target=_top`
 # link does nothing there. The frame is same-origin, so the link is followed from the top document.
+# (The results page has the same script in report/templates/ui_page.html.)
 FOLLOW_LINKS_IN_AIRFLOW = """<script>
 document.addEventListener("click", (event) => {
   const link = event.target.closest("a[target=_top]");
@@ -134,7 +135,7 @@ def create_app() -> FastAPI:
     def page(request: Request, dataset: str | None = None, config_hash: str | None = None,
              dag_id: str | None = None) -> HTMLResponse:
         from model_selection.lanes import other_dag_page
-        from model_selection.report import render_html
+        from model_selection.report import render_html, with_costs
 
         if dag_id is not None and dag_id != DAG_ID:  # the DAG tab, which Airflow shows on every DAG
             return HTMLResponse(other_dag_page(dag_id, DAG_ID))
@@ -153,12 +154,13 @@ def create_app() -> FastAPI:
         config_hash = config_hash or latest_configuration(rows_by_dataset[dataset])
         rows = [row for row in rows_by_dataset[dataset] if str(row.get("config_hash")) == config_hash]
         return HTMLResponse(render_html(
-            rows,
+            with_costs(rows),  # the bundled price table; a local machine's rate is not known here
             plot_src="plot.png" + _query(dataset=dataset, config_hash=config_hash or ""),
             settings={"results store": store.uri, "data set": dataset, "configuration hash": config_hash},
             title=f"Model selection: {dataset}",
             links=links,
-            preface=navigation(rows_by_dataset, dataset, config_hash or "", links) + FOLLOW_LINKS_IN_AIRFLOW,
+            template="ui_page.html",
+            nav=navigation(rows_by_dataset, dataset, config_hash or "", links),
         ))
 
     @app.get("/run", response_class=HTMLResponse)

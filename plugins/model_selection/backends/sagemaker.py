@@ -170,6 +170,16 @@ def _training_class_count(study: Any, region: str) -> int:
     return sum(len(page.get("CommonPrefixes", [])) for page in pages)
 
 
+def count_images(uri: str, aws_conn_id: str | None, region: str | None, suffixes: tuple[str, ...]) -> int:
+    """Image objects under an S3 prefix, over every page of the listing."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    bucket, prefix = S3Hook.parse_s3_url(uri)
+    pages = S3Hook(aws_conn_id=aws_conn_id, region_name=region).get_conn().get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
+    return sum(item["Key"].lower().endswith(suffixes) for page in pages for item in page.get("Contents", []))
+
+
 def _jumpstart_specs(study: Any, study_hyperparameters: dict[str, str], region: str, role: str, classes: int,
                      problems: list[str]) -> dict[str, dict[str, Any]]:
     """One spec per model that resolves with valid hyperparameters; the others' problems appended."""

@@ -1,0 +1,3 @@
+from model_selection.report.cli import main
+
+main()
