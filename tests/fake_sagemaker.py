@@ -58,8 +58,11 @@ def jumpstart_log(model_id: str, learning_rate: float) -> str:
 
 class FakeSageMaker:
     def __init__(self, run_seconds: float = 1.0, failing: tuple[str, ...] = (), missing_metrics: tuple[str, ...] = (),
-                 stopped_in_console: tuple[str, ...] = (), run_seconds_by_model: dict[str, float] | None = None):
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+                 stopped_in_console: tuple[str, ...] = (), run_seconds_by_model: dict[str, float] | None = None,
+                 server_throttle: tuple[str, ...] = ()):
+        # Throttling answered by the server itself, so it reaches clients in any process (real Airflow).
+        self.server_throttle = ServerThrottle(server_throttle)
+        self.server = ThrottlingMotoServer(self.server_throttle, ip_address="127.0.0.1", port=0, verbose=False)
         self.server.start()
         host, port = self.server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
@@ -237,6 +240,53 @@ def serving(tmp_path: Path, monkeypatch: Any, models: list[str], **options: Any)
         yield service
     finally:
         service.close()
+
+
+class ServerThrottle:
+    """WSGI middleware: answers ThrottlingException to every other call of the given SageMaker operations,
+    exactly as the service does on the wire (HTTP 400, JSON `__type`), before moto sees the request."""
+
+    def __init__(self, operations: tuple[str, ...]):
+        self.operations = operations
+        self.calls: Counter = Counter()
+        self.throttled: Counter = Counter()
+        self._lock = threading.Lock()
+
+    def wrap(self, app: Any) -> Any:
+        def throttling(environ: dict, start_response: Any) -> Any:
+            target = environ.get("HTTP_X_AMZ_TARGET", "")
+            operation = target.rsplit(".", 1)[-1] if target.startswith("SageMaker.") else None
+            if operation in self.operations:
+                with self._lock:
+                    self.calls[operation] += 1
+                    throttle = self.calls[operation] % 2 == 1
+                    self.throttled[operation] += throttle
+                if throttle:
+                    environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+                    body = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"}).encode()
+                    start_response("400 Bad Request", [("Content-Type", "application/x-amz-json-1.1"),
+                                                       ("Content-Length", str(len(body)))])
+                    return [body]
+            return app(environ, start_response)
+
+        return throttling
+
+
+class ThrottlingMotoServer(ThreadedMotoServer):
+    """moto's threaded server with `ServerThrottle` in front of its application."""
+
+    def __init__(self, throttle: ServerThrottle, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.throttle = throttle
+
+    def _server_entry(self) -> None:
+        from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+        from werkzeug.serving import make_server
+
+        app = self.throttle.wrap(DomainDispatcherApplication(create_backend_app))
+        self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
+        self._server_ready_event.set()
+        self._server.serve_forever()
 
 
 class Throttle:
