@@ -313,3 +313,18 @@ def test_cost_of_sagemaker_local_and_unknown_rows():
     total = study_total(rows)
     assert total.usd == pytest.approx(1.368) and total.priced == 2 and total.unpriced == ("u",)
     assert "$1.37 for 2 models" in str(total) and math.isfinite(total.usd)
+
+
+def test_a_model_dominated_only_within_the_accuracy_intervals_is_on_the_frontier_within_noise():
+    rows = [
+        {"model_id": "fast-and-good", "status": "Completed", "test_accuracy": 0.90, "test_throughput": 200.0, "test_examples": 100},
+        {"model_id": "close-behind", "status": "Completed", "test_accuracy": 0.88, "test_throughput": 150.0, "test_examples": 100},
+        {"model_id": "far-behind", "status": "Completed", "test_accuracy": 0.50, "test_throughput": 100.0, "test_examples": 100},
+    ]
+    result = recommend(rows)
+    assert result.frontier == ["fast-and-good"]
+    assert result.within_noise == ["close-behind"]  # 0.88 of 100 overlaps 0.90 of 100; 0.50 does not
+    assert "on the frontier within noise" in result.reasons["close-behind"]
+    assert "within noise" not in result.reasons["far-behind"]
+    precise = recommend([{**row, "test_examples": 100_000} for row in rows])
+    assert precise.within_noise == []  # with a large test set the difference is real

@@ -27,6 +27,7 @@ import pytest
 from airflow_env import DAG_ID, PROJECT_ROOT, airflow_environment
 from conftest import write_image_folders
 
+from model_selection.backends.local import LocalSageMakerClient
 from model_selection.lanes import RunState, job_view, lanes, launch_text, render_run_page
 from model_selection.results import ResultsStore
 from model_selection.ui import UILinks
@@ -89,6 +90,15 @@ class Airflow:
             time.sleep(2)
         assert status in (200, 201), (path, status, answer[:500])
         return json.loads(answer)
+
+
+def end_run(airflow, path: str) -> None:
+    """Fail a test's run and stop the local jobs it left in progress."""
+    airflow.api(path, {"state": "failed"}, method="PATCH")
+    client = LocalSageMakerClient(airflow.jobs)
+    for name in client.store.tuning_job_names():
+        if client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)["HyperParameterTuningJobStatus"] == "InProgress":
+            client.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
 
 
 def wait_until(condition, timeout: float, what: str, process: subprocess.Popen, log: Path):
@@ -390,8 +400,6 @@ def test_a_launch_waiting_for_capacity_shows_in_the_run_view_not_in_its_label(ai
     While it is deferred its map-index label stays as rendered before `execute` (Airflow 3.3 renders
     it again only when the task ends); the run view says how long it has waited and how often it checked.
     """
-    from model_selection.backends.local import LocalSageMakerClient
-
     conf = {
         "model_ids": ["test_resnet", "test_efficientnet"],
         "dataset": {"name": "tiny", **{channel: str(airflow.data / channel) for channel in ("training", "validation", "test")}},
@@ -423,19 +431,13 @@ def test_a_launch_waiting_for_capacity_shows_in_the_run_view_not_in_its_label(ai
         assert lanes_[other]["elapsed"][0].endswith(" so far")
         assert b"this view reloads every 30 s" in body
     finally:
-        airflow.api(path, {"state": "failed"}, method="PATCH")
-        client = LocalSageMakerClient(airflow.jobs)
-        for name in client.store.tuning_job_names():
-            if client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)["HyperParameterTuningJobStatus"] == "InProgress":
-                client.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+        end_run(airflow, path)
 
 
 def test_a_deferred_wait_killed_by_the_user_stops_its_job(airflow, finished_run):
     """Mark the deferred `lane.wait` failed as the UI's "Mark as failed" does (a PATCH of the task
     instance's state): the triggerer drops the trigger no deferred task uses any more, cancels it
     as a user action and awaits its `on_kill`, which stops the tuning job it was waiting for."""
-    from model_selection.backends.local import LocalSageMakerClient
-
     conf = {
         "model_ids": ["test_resnet"],
         "dataset": {"name": "tiny", **{channel: str(airflow.data / channel) for channel in ("training", "validation", "test")}},
@@ -496,8 +498,6 @@ def test_the_trigger_form_runs_with_its_defaults(airflow, finished_run, browser)
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from model_selection.backends.local import LocalSageMakerClient
-
     browser.get(f"{airflow.url}/dags/{DAG_ID}")
     wait = WebDriverWait(browser, 60)
     buttons = lambda: [b for b in browser.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Trigger"]  # noqa: E731
@@ -517,11 +517,7 @@ def test_the_trigger_form_runs_with_its_defaults(airflow, finished_run, browser)
     try:
         launched = wait_until(five_launched, 240, "the default run to launch its five models", airflow.process, airflow.log)
     finally:
-        airflow.api(path, {"state": "failed"}, method="PATCH")
-        client = LocalSageMakerClient(airflow.jobs)
-        for name in client.store.tuning_job_names():
-            if client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)["HyperParameterTuningJobStatus"] == "InProgress":
-                client.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+        end_run(airflow, path)
     conf = airflow.api(path)["conf"]
     assert conf["backend"] == "local" and conf["dataset"]["name"] == "digits" and conf["model_list"] is None
     assert sorted(ti["rendered_map_index"].split(" · ")[0] for ti in launched) == sorted(conf["model_ids"])

@@ -153,6 +153,7 @@ class Recommendation:
     closest: dict[str, Any] | None = None
     indistinguishable: list[str] = field(default_factory=list)
     frontier: list[str] = field(default_factory=list)
+    within_noise: list[str] = field(default_factory=list)  # dominated only by accuracies within their intervals
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -293,6 +294,10 @@ def recommend(
             result.reasons[model_id] = (
                 f"dominated by {display_name(dominator['model_id'])} ({_comparison(dominator, row, objectives)})"
             )
+            if _within_noise(row, ranked, feasible_points, index, maximize, result.intervals):
+                result.within_noise.append(model_id)
+                result.reasons[model_id] += ("; on the frontier within noise: its accuracy's 95 % interval overlaps "
+                                             "that of every model that dominates it")
             continue
         comparison = _comparison(chosen, row, objectives)
         if model_id in runner_ids:
@@ -303,6 +308,17 @@ def recommend(
             reason = f"on the frontier but ranked {index + 1} on {first.metric}: {comparison}"
         result.reasons[model_id] = reason
     return result
+
+
+def _within_noise(row: Mapping[str, Any], ranked: Sequence[Mapping[str, Any]], points: Sequence[Sequence[float]],
+                  index: int, maximize: Sequence[bool], intervals: Mapping[str, tuple[float, float]]) -> bool:
+    """Dominated, but only by models whose accuracy interval overlaps its own: were the accuracies the other
+    way round, as the test set's size allows, no such model would dominate it."""
+    own = intervals.get(row["model_id"])
+    dominators = [other for other, point in zip(ranked, points) if _dominates(point, points[index], maximize)]
+    return own is not None and all(
+        (theirs := intervals.get(other["model_id"])) is not None and theirs[0] <= own[1] and own[0] <= theirs[1]
+        for other in dominators)
 
 
 def _dominates(a: Sequence[float], b: Sequence[float], maximize: Sequence[bool]) -> bool:

@@ -16,6 +16,7 @@ import html
 import io
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -103,23 +104,9 @@ def navigation(rows_by_dataset: Mapping[str, Sequence[Mapping[str, Any]]], datas
     }
 
 
-# Airflow embeds the page in an iframe sandboxed without `allow-top-navigation`, so a `target=_top`
-# link does nothing there. The frame is same-origin, so the link is followed from the top document.
-# (The results page has the same script in report/templates/ui_page.html.)
-FOLLOW_LINKS_IN_AIRFLOW = """<script>
-document.addEventListener("click", (event) => {
-  const link = event.target.closest("a[target=_top]");
-  if (!link || window.top === window) return;
-  try {
-    const anchor = window.top.document.createElement("a");
-    anchor.href = link.href;
-    window.top.document.body.appendChild(anchor);
-    anchor.click();
-    anchor.remove();
-    event.preventDefault();
-  } catch (error) {}  // not embedded by the same origin: the browser follows the link itself
-});
-</script>"""
+# Airflow embeds the page in an iframe sandboxed without `allow-top-navigation`; this script, shared
+# with the results page's template, follows `target=_top` links from the top document.
+FOLLOW_LINKS_IN_AIRFLOW = (Path(__file__).parent / "report" / "templates" / "follow_links.html").read_text()
 
 
 def create_app() -> FastAPI:

@@ -86,6 +86,7 @@ class RecommendationView:
     unmet: str | None = None
     closest: str | None = None
     indistinguishable: list[str] = field(default_factory=list)
+    within_noise: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -112,6 +113,7 @@ def recommendation(rows: Sequence[Mapping[str, Any]], objectives: Sequence[Objec
         unmet=None if result.chosen else ("No model meets " + (", ".join(map(str, parsed)) or "the objectives") + "."),
         closest=_named(result.closest) if result.closest else None,
         indistinguishable=[_named(item) for item in result.indistinguishable],
+        within_noise=[_named(item) for item in result.within_noise],
         notes=[str(note) for note in result.notes],
     )
 
