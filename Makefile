@@ -12,7 +12,6 @@ DAG_ID := image_classification_model_selection
 DIGITS := include/datasets/digits
 
 export PYTHONPATH := $(CURDIR)/plugins
-export HF_HUB_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # Airflow runs from this project: its home, DAGs and plugins live here.
 export AIRFLOW_HOME := $(AIRFLOW_HOME_DIR)
@@ -20,7 +19,7 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: setup demo airflow browser test reliability bench clean
+.PHONY: setup demo airflow browser test reliability bench caltech256 clean
 
 setup: $(INSTALLED)
 
@@ -81,6 +80,11 @@ reliability: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_trainer.py
+
+# The public Caltech-256 archive (about 1.2 GB; needs internet) as training/validation/test splits in the
+# JumpStart layout, without the clutter class; `python -m model_selection.datasets upload` puts them in S3.
+caltech256: $(INSTALLED)
+	$(BIN)/python -m model_selection.datasets caltech256 include/datasets/caltech256
 
 clean:
 	rm -rf $(AIRFLOW_HOME_DIR) $(DIGITS) .pytest_cache

@@ -42,9 +42,10 @@ PARAMS = {
                              description="Overrides of the algorithm's defaults for every backend, as strings "
                                          "(JumpStart names, checked against each model's own)."),
     "local_hyperparameters": Param(
-        {"pretrained": "false", "train_only_top_layer": "False", "image_size": "32"}, type="object",
-        description="Only for the local backend (never sent to SageMaker): the local trainer's settings, "
-                    "under hyperparameters.",
+        {"pretrained": "auto", "image_size": "32"}, type="object",
+        description="Only for the local backend (never sent to SageMaker): the local trainer's settings, under "
+                    "hyperparameters. pretrained auto: the hub, else weights_dir / MODEL_SELECTION_WEIGHTS_DIR, else "
+                    "random init (warned); train_only_top_layer then follows (True with pretrained weights).",
     ),
     "learning_rate_multipliers": Param([1.0, 0.2], type="array", items={"type": "number"},
                                        description="Learning rates tried: the default times each of these."),

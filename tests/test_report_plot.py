@@ -131,3 +131,37 @@ def test_throughput_spread_where_repeats_exist(tmp_path):
     page = render_html(rows, None)
     assert "± 10.0" in page
     assert "(95% interval)" in page and "n=1,000)" in page
+
+
+def test_page_shows_training_curves_only_for_rows_that_have_them(tmp_path):
+    import base64
+    import io
+
+    from matplotlib.image import imread
+
+    from model_selection.names import display_name
+    from model_selection.report.plot import build_curves_figure
+
+    rows = study_rows(5)
+    for index, row in enumerate(rows[:3]):
+        row["epoch_accuracy"] = [0.5 + 0.1 * epoch for epoch in range(4)]
+        row["epoch_val_accuracy"] = [0.45 + 0.08 * epoch for epoch in range(4)]
+        row["best_epoch"] = 4 - index
+    rows[3].update(status="Failed", epoch_accuracy=[0.1], epoch_val_accuracy=[0.1])  # not completed: no panel
+
+    page = write_report(rows, tmp_path)["html"].read_text(encoding="utf-8")
+    figure = page.split('<figure class="curves" id="training-curves">', 1)[1].split("</figure>", 1)[0]
+    source = figure.split('src="data:image/png;base64,', 1)[1].split('"', 1)[0]
+    assert imread(io.BytesIO(base64.b64decode(source)), format="png").shape[0] > 100
+    assert "No training curves" not in page
+    assert "epoch_accuracy" not in page.split("<h2>All models</h2>", 1)[1], "curves are not table columns"
+
+    curve_figure = build_curves_figure([row for row in rows if row["status"] == "Completed"])
+    panels = [axes for axes in curve_figure.axes if axes.axison]
+    assert len(panels) == 3
+    assert [axes.get_title() for axes in panels] == [display_name(row["model_id"]) for row in rows[:3]]
+    assert all(len(axes.lines) == 4 for axes in panels), "train, validation, best-epoch line and marker"
+
+    plain = render_html(study_rows(5), None)
+    assert 'id="training-curves"' not in plain and "data:image/png" not in plain
+    assert "No training curves" in plain

@@ -13,7 +13,7 @@ from model_selection.local.data import DataError
 from model_selection.local.evaluation import Task, predict
 from model_selection.local.hyperparameters import HyperparameterError, parse_hyperparameters
 from model_selection.local.images import ImageFiles, Preprocessing
-from model_selection.local.model import ModelError, build_model
+from model_selection.local.model import ModelError, build_model, sha256_of
 from model_selection.local.train import Channels, train
 from model_selection.metrics import BINARY_METRICS, all_metric_definitions, extract_final_metrics
 
@@ -128,7 +128,8 @@ def saved_model_validation_loss(model_dir: Path, channels: dict[str, Path], raw:
 
 def test_feature_cache_matches_training_through_the_frozen_backbone(dataset, tmp_path):
     channels = Channels(**dataset(classes=4, per_class=10))
-    hyperparameters = {**TINY_MODEL, "epochs": "4", "learning_rate": "0.05", "dropout_rate": "0.3"}
+    hyperparameters = {**TINY_MODEL, "epochs": "4", "learning_rate": "0.05", "dropout_rate": "0.3",
+                       "train_only_top_layer": "True"}
     cached = train(channels, hyperparameters, tmp_path / "cached", use_feature_cache=True)
     through = train(channels, hyperparameters, tmp_path / "through", use_feature_cache=False)
     assert cached["feature_cache"] == "computed" and through["feature_cache"] == "off"
@@ -144,7 +145,7 @@ def test_feature_cache_matches_training_through_the_frozen_backbone(dataset, tmp
 
 def test_feature_cache_folder_is_shared_between_runs(dataset, tmp_path):
     channels = Channels(**dataset(classes=3))
-    hyperparameters = {**TINY_MODEL, "epochs": "2"}
+    hyperparameters = {**TINY_MODEL, "epochs": "2", "train_only_top_layer": "True"}
     first = train(channels, hyperparameters, tmp_path / "a", feature_cache_dir=tmp_path / "cache")
     second = train(channels, {**hyperparameters, "learning_rate": "0.0002"}, tmp_path / "b", feature_cache_dir=tmp_path / "cache")
     assert (first["feature_cache"], second["feature_cache"]) == ("computed", "loaded")
@@ -187,7 +188,8 @@ def test_weights_file_is_loaded_and_recorded(dataset, tmp_path):
     save_file(source.state_dict(), str(weights))
     hyperparameters = {**TINY_MODEL, "pretrained": "true", "weights_file": str(weights), "epochs": "1"}
     summary = train(Channels(**dataset(classes=3)), hyperparameters, tmp_path / "model")
-    assert summary["weights"] == str(weights.resolve())
+    assert summary["weights"] == {"source": "file", "path": str(weights.resolve()), "sha256": sha256_of(weights)}
+    assert summary["train_only_top_layer"]["value"] is True  # unset: pretrained weights loaded, so top layer only
     from safetensors.torch import load_file
 
     trained = load_file(tmp_path / "model" / "model.safetensors")
@@ -203,8 +205,9 @@ def test_pretrained_true_without_weights_fails_clearly_offline(dataset, tmp_path
 
 def test_pretrained_auto_falls_back_to_random_weights_loudly(dataset, tmp_path, capfd):
     summary = train(Channels(**dataset()), {**TINY_MODEL, "pretrained": "auto", "epochs": "1"}, tmp_path / "model")
-    assert summary["weights"] == "random-init"
+    assert summary["weights"] == {"source": "random init"}
     assert "starts from RANDOM weights" in capfd.readouterr().err
+    assert summary["train_only_top_layer"]["value"] is False  # unset: random weights, so full fine-tuning
 
 
 @pytest.mark.parametrize(

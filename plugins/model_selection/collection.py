@@ -15,8 +15,9 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from model_selection.hooks import NameTaken, check_same_job
-from model_selection.metrics import extract_final_metrics
+from model_selection.metrics import epoch_curves, extract_final_metrics
 from model_selection.names import model_family
+from model_selection.weights import describe_weights
 from model_selection.tuning_request import request_for_launch
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ def _local_details(model_artifacts: str | None) -> dict[str, Any]:
     summary = json.loads(metrics_file.read_text())
     environment = summary.get("environment", {})
     return {
-        "weights": summary.get("weights"),
+        "weights": describe_weights(summary.get("weights")),
+        "weights_source": (summary.get("weights") or {}).get("source") if isinstance(summary.get("weights"), dict) else None,
         "device": f"{environment.get('device')} ({environment.get('device_name')})",
         "torch_version": environment.get("torch"),
         "timm_version": environment.get("timm"),
@@ -51,20 +53,44 @@ def _local_details(model_artifacts: str | None) -> dict[str, Any]:
     }
 
 
-def _missing_from_log(row: dict[str, Any], training_job: str, hook: Any, definitions: list[dict[str, str]]) -> None:
+def _read_log(training_job: str, hook: Any) -> str | None:
+    """The training job's log, or None (with a warning) when it cannot be read: never fails the row."""
+    try:
+        return hook.training_log(training_job)
+    except Exception as error:  # noqa: BLE001 - a log we cannot read leaves figures missing, not the row
+        log.warning("could not read the log of %s: %s", training_job, error)
+        return None
+
+
+def _missing_from_log(row: dict[str, Any], log_text: str | None, definitions: list[dict[str, str]]) -> None:
     """Fill report metrics that FinalMetricDataList lacks from the training log, with the request's own regexes."""
     missing = [name for name in REPORT_METRICS if row.get(name) is None]
     if not missing or not definitions:
         return
-    try:
-        found = extract_final_metrics(hook.training_log(training_job), definitions)
-    except Exception as error:  # noqa: BLE001 - a log we cannot read leaves the metric missing, not the row
-        log.warning("could not read the log of %s for %s: %s", training_job, missing, error)
+    if log_text is None:
+        log.warning("%s left missing: the training log could not be read", missing)
         return
+    found = extract_final_metrics(log_text, definitions)
     recovered = {name: found[name] for name in missing if name in found}
     row.update(recovered)
     if recovered:
         row["metrics_from_log"] = sorted(recovered)
+
+
+def _curves_from_log(row: dict[str, Any], log_text: str | None) -> None:
+    """`epoch_accuracy` and `epoch_val_accuracy`: train and validation accuracy per epoch (empty lists not stored)."""
+    if log_text is None:
+        return
+    for name, values in epoch_curves(log_text).items():
+        if values:
+            row[f"epoch_{name}"] = values
+
+
+def _from_log(row: dict[str, Any], training_job: str, hook: Any, definitions: list[dict[str, str]]) -> None:
+    """One read of the training log serves both the missing metrics and the training curves."""
+    log_text = _read_log(training_job, hook)
+    _missing_from_log(row, log_text, definitions)
+    _curves_from_log(row, log_text)
 
 
 def collect_row(hook: Any, launch: Mapping[str, Any], study_settings: Mapping[str, Any], run_id: str) -> dict[str, Any]:
@@ -118,6 +144,6 @@ def collect_row(hook: Any, launch: Mapping[str, Any], study_settings: Mapping[st
     row["billable_seconds"] = training.get("BillableTimeInSeconds")
     row.update({metric["MetricName"]: metric["Value"] for metric in training.get("FinalMetricDataList", [])})
     definitions = tuning.get("TrainingJobDefinition", {}).get("AlgorithmSpecification", {}).get("MetricDefinitions", [])
-    _missing_from_log(row, best["TrainingJobName"], hook, definitions)
+    _from_log(row, best["TrainingJobName"], hook, definitions)
     row.update(_local_details(row["model_artifacts"]))
     return row

@@ -114,3 +114,28 @@ def format_number(value: float | int) -> str:
     if not math.isfinite(value):
         raise ValueError(f"metric value {value!r} is not a finite number")
     return np.format_float_positional(float(value), precision=8, unique=True, fractional=False, trim="-")
+
+
+# One epoch's line: `- loss: x - accuracy: x - top_5_accuracy: x - val_loss: x - val_accuracy: x`.
+_EPOCH_FIGURES = {name: re.compile(rf"(?:^|\s)- {name}: {NUMBER}(?=\s|$)") for name in ("accuracy", "val_accuracy")}
+
+
+def epoch_curves(log_text: str) -> dict[str, list[float]]:
+    """Train and validation accuracy per epoch, in order: {"accuracy": [...], "val_accuracy": [...]}.
+
+    An epoch line is one that carries both `- accuracy: x` and `- val_accuracy: x`; other lines
+    (the best epoch's one-figure-a-line summary, test figures) are ignored, so both lists have one
+    value per epoch line.
+    """
+    curves: dict[str, list[float]] = {name: [] for name in _EPOCH_FIGURES}
+    for line in log_text.splitlines():
+        found = {name: pattern.search(line) for name, pattern in _EPOCH_FIGURES.items()}
+        if not all(found.values()):
+            continue
+        try:
+            values = {name: float(match.group(1)) for name, match in found.items()}
+        except ValueError:
+            continue
+        for name, value in values.items():
+            curves[name].append(value)
+    return curves

@@ -6,6 +6,7 @@ in one message, so a typo in the model list is not found hours into a study.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +112,14 @@ def plan_study(params: dict[str, Any], project_root: Path, jobs_root: str) -> di
     """
     study, problems = Study.parse(params, project_root)
     specs: dict[str, dict[str, Any]] = {}
+    timm_names: dict[str, str] = {}  # JumpStart TF ic id -> the timm model the local trainer loads
     if study.backend == "local":
-        problems += local_problems(study)
+        from model_selection.local.jumpstart_map import is_jumpstart_id, translate_jumpstart_ids
+
+        timm_names, map_problems = translate_jumpstart_ids(study.model_ids, project_root)
+        problems += map_problems
+        trained = tuple(timm_names.get(m, m) for m in study.model_ids if m in timm_names or not is_jumpstart_id(m))
+        problems += local_problems(dataclasses.replace(study, model_ids=trained))
     elif study.backend == "sagemaker":
         from model_selection.backends.sagemaker import sagemaker_launch_specs
 
@@ -129,6 +136,8 @@ def plan_study(params: dict[str, Any], project_root: Path, jobs_root: str) -> di
 
     if study.backend == "local":
         specs = {model_id: local_launch_spec(study, model_id, jobs_root) for model_id in study.model_ids}
+        for model_id, timm_name in timm_names.items():  # launches keep the JumpStart id; the trainer gets timm's
+            specs[model_id]["static_hyperparameters"]["model_id"] = timm_name
     launches, skipped = [], []
     for model_id, spec in specs.items():
         version = spec.get("jumpstart_model_version")

@@ -113,7 +113,8 @@ class Hyperparameters:
     """Defaults are the JumpStart TensorFlow image-classification algorithm's own."""
 
     model_id: str | None = None
-    train_only_top_layer: bool = True
+    # None: unset, decided when the model is built (True when pretrained weights loaded, else False).
+    train_only_top_layer: bool | None = None
     epochs: int = 5
     batch_size: int = 32
     optimizer: str = "adam"
@@ -143,6 +144,7 @@ class Hyperparameters:
     # Local additions: which timm model, where its weights come from, and how to run it.
     pretrained: str = "auto"
     weights_file: str | None = None
+    weights_dir: str | None = None
     image_size: int | None = None
     device: str = "auto"
     num_workers: int = 0
@@ -153,7 +155,7 @@ class Hyperparameters:
 
 PARSERS: dict[str, Callable[[Any], Any]] = {
     "model_id": _text,
-    "train_only_top_layer": _boolean,
+    "train_only_top_layer": _optional(_boolean),
     "epochs": _integer(low=1),
     "batch_size": _integer(low=1),
     "optimizer": _choice(OPTIMIZERS, case_sensitive=False),
@@ -182,6 +184,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "random_seed": _integer(low=0),
     "pretrained": _choice(PRETRAINED_CHOICES, case_sensitive=False),
     "weights_file": _optional(_text),
+    "weights_dir": _optional(_text),
     "image_size": _optional(_integer(low=8)),
     "device": _device,
     "num_workers": _integer(low=0),

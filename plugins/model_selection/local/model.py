@@ -2,14 +2,27 @@
 
 The backbone is everything up to the pre-logits features; the top layer is the
 classifier alone, as in the JumpStart script's `train_only_top_layer`.
+
+Where pretrained weights come from (`pretrained`):
+
+- `weights_file` set: that file, and nothing else (a missing or unloadable file fails).
+- otherwise, in this order: the hub (timm's own `pretrained=True` and its cache);
+  then a local weights folder (`weights_dir`, else the `MODEL_SELECTION_WEIGHTS_DIR`
+  environment variable) holding `<model id>` or `<architecture>` followed by
+  `.safetensors`, `.pth` or `.bin` (first match in that order), loaded through timm's
+  pretrained-config overlay; then, for `auto` only, random weights with a loud warning.
+  `true` fails where `auto` falls back; `false` always starts from random weights.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +30,8 @@ import torch.nn.functional as F
 from model_selection.local.hyperparameters import Hyperparameters
 
 RANDOM_INIT = "random-init"
+WEIGHTS_DIR_VARIABLE = "MODEL_SELECTION_WEIGHTS_DIR"
+WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".bin")
 
 
 class ModelError(ValueError):
@@ -26,7 +41,23 @@ class ModelError(ValueError):
 @dataclasses.dataclass
 class BuiltModel:
     model: torch.nn.Module
-    weights: str
+    # {"source": "hub", "tag": ...} | {"source": "file", "path": ..., "sha256": ...} | {"source": "random init"}
+    weights: dict[str, Any]
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights["source"] != "random init"
+
+    @property
+    def weights_identity(self) -> str:
+        """One string naming the weights, for the feature cache key."""
+        source = self.weights["source"]
+        if source == "file":
+            return f"file:{self.weights['path']}#sha256={self.weights['sha256']}"
+        if source == "hub":
+            return f"timm:{self.weights['tag']}"
+        return RANDOM_INIT
 
     @property
     def classifier(self) -> torch.nn.Module:
@@ -58,6 +89,42 @@ def check_model_id(model_id: str | None) -> None:
         raise ModelError(f"unknown model id {model_id!r}: timm has no pretrained tag {tag!r}; known: {tags}")
 
 
+def weights_folder(hyperparameters: Hyperparameters) -> Path | None:
+    """The `weights_dir` hyperparameter, else the MODEL_SELECTION_WEIGHTS_DIR environment variable."""
+    folder = hyperparameters.weights_dir or os.environ.get(WEIGHTS_DIR_VARIABLE, "").strip() or None
+    return Path(folder) if folder else None
+
+
+def weights_file_in(folder: Path, model_id: str) -> Path | None:
+    """`<model id>` then `<architecture>`, each as .safetensors, .pth, .bin: the first that exists."""
+    from timm.models import split_model_name_tag
+
+    names = dict.fromkeys([model_id, split_model_name_tag(model_id)[0]])
+    for name in names:
+        for suffix in WEIGHTS_SUFFIXES:
+            candidate = folder / f"{name}{suffix}"
+            if candidate.is_file():
+                return candidate.resolve()
+    return None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _hub_unavailable(error: Exception) -> bool:
+    """The failures that mean "the hub cannot give these weights": offline, unreachable, no cache, none published."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if isinstance(error, LocalEntryNotFoundError):
+        return True
+    return isinstance(error, RuntimeError) and str(error).startswith("No pretrained weights exist")
+
+
 def build_model(hyperparameters: Hyperparameters, num_outputs: int) -> BuiltModel:
     """Create the model, load its pretrained weights as `pretrained` says, and size the head."""
     import timm
@@ -71,34 +138,69 @@ def build_model(hyperparameters: Hyperparameters, num_outputs: int) -> BuiltMode
             raise ModelError("hyperparameter weights_file is set but pretrained=false: set pretrained to true or auto")
         if not Path(weights_file).is_file():
             raise ModelError(f"hyperparameter weights_file: {weights_file} is not a file")
+    folder = weights_folder(hyperparameters)
+    if hyperparameters.weights_dir is not None and not Path(hyperparameters.weights_dir).is_dir():
+        raise ModelError(f"hyperparameter weights_dir: {hyperparameters.weights_dir} is not a folder")
 
     arguments: dict = {"num_classes": num_outputs, "drop_rate": hyperparameters.dropout_rate}
     if hyperparameters.image_size is not None and timm.models.get_pretrained_cfg_value(model_id, "fixed_input_size"):
         arguments["img_size"] = hyperparameters.image_size
-    torch.manual_seed(hyperparameters.random_seed)
+
+    def random_model() -> torch.nn.Module:
+        torch.manual_seed(hyperparameters.random_seed)
+        return timm.create_model(model_id, pretrained=False, **arguments)
+
+    def from_file(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+        torch.manual_seed(hyperparameters.random_seed)
+        try:
+            model = timm.create_model(
+                model_id, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **arguments
+            )
+        except Exception as error:  # noqa: BLE001 - a broken or mismatched file is the user's to fix
+            raise ModelError(
+                f"could not load pretrained weights for {model_id!r} from {path}: {type(error).__name__}: {error}"
+            ) from error
+        return model, {"source": "file", "path": str(path), "sha256": sha256_of(path)}
 
     if mode == "false":
-        return BuiltModel(timm.create_model(model_id, pretrained=False, **arguments), RANDOM_INIT)
-    overlay = {"file": str(Path(weights_file).resolve())} if weights_file else None
-    try:
-        model = timm.create_model(model_id, pretrained=True, pretrained_cfg_overlay=overlay, **arguments)
-    except Exception as error:  # noqa: BLE001 - hub, file and format errors all mean "no pretrained weights"
-        message = f"could not load pretrained weights for {model_id!r}: {type(error).__name__}: {error}"
-        if mode == "true":
-            raise ModelError(message) from error
-        print(
-            f"WARNING: {message}\nWARNING: pretrained=auto, so {model_id} starts from RANDOM weights; "
-            "its accuracy will not reflect transfer learning",
-            file=sys.stderr,
-            flush=True,
-        )
-        torch.manual_seed(hyperparameters.random_seed)
-        return BuiltModel(timm.create_model(model_id, pretrained=False, **arguments), RANDOM_INIT)
+        return BuiltModel(random_model(), {"source": "random init"})
 
-    config = model.pretrained_cfg
-    source = overlay["file"] if overlay else f"timm:{config.get('hf_hub_id') or config.get('url') or model_id}"
-    built = BuiltModel(model, source)
-    _set_up_head(built, hyperparameters.reinitialize_top_layer, num_outputs, config.get("num_classes"))
+    if weights_file is not None:
+        model, weights = from_file(Path(weights_file).resolve())
+    else:
+        model, weights, hub_error = None, None, None
+        torch.manual_seed(hyperparameters.random_seed)
+        try:
+            model = timm.create_model(model_id, pretrained=True, **arguments)
+            config = model.pretrained_cfg
+            tag = config.get("hf_hub_id") or config.get("url") or model_id
+            weights = {"source": "hub", "tag": tag}
+        except Exception as error:  # noqa: BLE001 - only "hub unavailable" falls through; the rest re-raise
+            if not _hub_unavailable(error):
+                raise
+            hub_error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        if model is None:
+            found = weights_file_in(folder, model_id) if folder is not None else None
+            if found is not None:
+                model, weights = from_file(found)
+            else:
+                where = (
+                    f"no {model_id}{{{','.join(WEIGHTS_SUFFIXES)}}} in weights folder {folder}"
+                    if folder is not None
+                    else f"no weights folder (hyperparameter weights_dir or {WEIGHTS_DIR_VARIABLE})"
+                )
+                message = f"could not load pretrained weights for {model_id!r}: hub: {hub_error}; {where}"
+                if mode == "true":
+                    raise ModelError(message)
+                warning = (
+                    f"WARNING: {message}\nWARNING: pretrained=auto, so {model_id} starts from RANDOM weights; "
+                    "its accuracy will not reflect transfer learning"
+                )
+                print(warning, file=sys.stderr, flush=True)
+                return BuiltModel(random_model(), {"source": "random init"}, [warning])
+
+    built = BuiltModel(model, weights)
+    _set_up_head(built, hyperparameters.reinitialize_top_layer, num_outputs, model.pretrained_cfg.get("num_classes"))
     return built
 
 

@@ -35,6 +35,7 @@ from model_selection.local.hyperparameters import HyperparameterError, Hyperpara
 from model_selection.local.images import ImageFiles, Preprocessing
 from model_selection.local.model import BuiltModel, ModelError, build_model, check_model_id
 from model_selection.metrics import format_number
+from model_selection.weights import describe_weights
 
 INPUT_ERRORS = (HyperparameterError, DataError, ModelError)
 EXIT_BAD_INPUT = 2
@@ -272,7 +273,7 @@ def plan_fit(
     sources = []
 
     def features_of(images: LabelledImages) -> TensorDataset:
-        key = feature_cache.feature_key(hp.model_id, built.weights, hp.random_seed, preprocessing, images)
+        key = feature_cache.feature_key(hp.model_id, built.weights_identity, hp.random_seed, preprocessing, images)
         loader = _loader(ImageFiles(images, preprocessing.transform()), hp, device, shuffle=False)
         (features, labels), loaded = feature_cache.cached(
             feature_cache_dir, key, lambda: predict(built.embed, loader, device)
@@ -290,6 +291,16 @@ def plan_fit(
         built.classifier,
         "+".join(sorted(set(sources))),
     )
+
+
+def resolve_train_only_top_layer(hp: Hyperparameters, built: BuiltModel) -> tuple[Hyperparameters, str]:
+    """The user's choice if set; else JumpStart's default (top layer only) on pretrained weights,
+    and full fine-tuning from random weights, where a random frozen backbone would learn nothing."""
+    if hp.train_only_top_layer is not None:
+        return hp, "set by the user"
+    if built.pretrained:
+        return dataclasses.replace(hp, train_only_top_layer=True), "unset; pretrained weights loaded, so only the top layer trains (JumpStart's default)"
+    return dataclasses.replace(hp, train_only_top_layer=False), "unset; the model starts from random weights, so the whole model trains"
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -331,7 +342,11 @@ def train(
 
     built = build_model(hp, task.num_outputs)
     built.model.to(device)
-    log(f"Model {hp.model_id}; weights: {built.weights}; device: {device}")
+    log(f"Model {hp.model_id}; weights: {describe_weights(built.weights)}; device: {device}")
+    for warning in built.warnings:
+        log(warning)
+    hp, top_layer_reason = resolve_train_only_top_layer(hp, built)
+    log(f"train_only_top_layer={hp.train_only_top_layer}: {top_layer_reason}")
     preprocessing = Preprocessing.for_model(built.model, hp)
     if use_feature_cache is None:
         use_feature_cache = hp.train_only_top_layer and not hp.augmentation
@@ -367,6 +382,8 @@ def train(
     summary = {
         "model_id": hp.model_id,
         "weights": built.weights,
+        "weights_warnings": list(built.warnings),
+        "train_only_top_layer": {"value": hp.train_only_top_layer, "reason": top_layer_reason},
         "classes": list(splits.classes),
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,

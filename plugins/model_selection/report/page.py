@@ -24,6 +24,7 @@ from model_selection.frontier import COMPLETED, DEFAULT_OBJECTIVES, Objective, a
 from model_selection import cost, recommendation as ranking
 from model_selection.names import display_name
 from model_selection.names import row_family as family
+from model_selection.report.plot import CURVE_KEYS, curves_data_uri, has_curves
 from model_selection.report.table import (
     MISSING,
     IDENTITY_COLUMNS,
@@ -50,7 +51,7 @@ RUN_COLUMNS = (
     ("wait_try_number", "wait try"),
 )
 # Figures about how a model ran, not what it scored: shown in their own table, not as metrics.
-NOT_METRICS = frozenset(IDENTITY_COLUMNS) | {"on_frontier", "dag_id", "map_index"} | {key for key, _ in RUN_COLUMNS}
+NOT_METRICS = frozenset(IDENTITY_COLUMNS) | {"on_frontier", "dag_id", "map_index"} | {key for key, _ in RUN_COLUMNS} | set(CURVE_KEYS)
 FAILED_COLUMNS = ("model_id", "status", "failure_reason", "tuning_job_name", "best_training_job_name", "finished_at")
 
 
@@ -202,6 +203,8 @@ def render_html(
     not_completed = [row for row in missing if row.get("status") != COMPLETED]
     incomplete = [row for row in missing if row.get("status") == COMPLETED]
     datasets = datasets_of(flagged)
+    # Per-epoch curves of completed models only (a failed job's partial log is not a result).
+    curve_rows = [row for row in flagged if row.get("status") in (None, COMPLETED) and has_curves(row)]
     settings_rows = [
         *[[key, value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)]
           for key, value in (settings or {}).items()],
@@ -224,6 +227,8 @@ def render_html(
         "comparison": comparison_table(flagged) if multi else None,
         "sections": sections,
         "plot_src": plot_src,
+        "curves_src": curves_data_uri(curve_rows, with_dataset=multi),
+        "curves_names": ", ".join(display_name(row.get("model_id")) or MISSING for row in curve_rows),
         "all_models": all_models,
         "failed": records_table(not_completed, FAILED_COLUMNS),
         "incomplete": Table(["model_id", "name", "family", "missing objectives"],

@@ -1,4 +1,4 @@
-"""The frontier plot: the report's only matplotlib import.
+"""The frontier plot and the training curves: the report's only matplotlib import.
 
 Accuracy against throughput (the first two objectives, y then x), coloured by family with a
 legend, point area by parameters with a size key. Labels are placed one by one where they
@@ -271,3 +271,114 @@ def _plot_single_objective(figure, axes, rows: Sequence[Mapping[str, Any]], obje
     axes.tick_params(axis="y", labelsize=8)
     figure.tight_layout(rect=(0, 0.04, 1, 1))
     figure.text(0.01, 0.01, "Outlined: the best model(s) on the one objective.", fontsize=8, color="dimgray")
+
+
+# --- training curves: one small panel per model ------------------------------------------------
+
+CURVE_KEYS = ("epoch_accuracy", "epoch_val_accuracy")
+CURVES_COLUMNS, CURVES_PANEL_INCHES, CURVES_DPI = 4, (3.0, 2.2), 100
+
+
+def _curve(value: Any) -> list[float]:
+    """A stored curve as floats: a list, or its JSON text (a row read back from a file); [] otherwise."""
+    if isinstance(value, str):
+        import json
+
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return []
+    if not isinstance(value, (list, tuple)):
+        return []
+    try:
+        return [float(item) for item in value]
+    except (TypeError, ValueError):
+        return []
+
+
+def row_curves(row: Mapping[str, Any]) -> tuple[list[float], list[float]]:
+    """(train accuracy per epoch, validation accuracy per epoch) of a row; empty where it has none."""
+    return _curve(row.get(CURVE_KEYS[0])), _curve(row.get(CURVE_KEYS[1]))
+
+
+def has_curves(row: Mapping[str, Any]) -> bool:
+    return any(row_curves(row))
+
+
+def _best_epoch(row: Mapping[str, Any]) -> int | None:
+    try:
+        value = int(float(row.get("best_epoch")))
+    except (TypeError, ValueError):
+        return None
+    return value if value >= 1 else None
+
+
+def build_curves_figure(rows: Sequence[Mapping[str, Any]], with_dataset: bool = False):
+    """Small multiples: per row with curves, train and validation accuracy per epoch, the best epoch marked.
+
+    Returns None when no row has curves.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    rows = [row for row in rows if has_curves(row)]
+    if not rows:
+        return None
+    columns = min(CURVES_COLUMNS, len(rows))
+    lines = math.ceil(len(rows) / columns)
+    figure = Figure(figsize=(CURVES_PANEL_INCHES[0] * columns, CURVES_PANEL_INCHES[1] * lines + 0.6), dpi=CURVES_DPI)
+    FigureCanvasAgg(figure)
+    panels = figure.subplots(lines, columns, squeeze=False)
+    for index, axes in enumerate(panels.flat):
+        if index >= len(rows):
+            axes.set_axis_off()
+            continue
+        row = rows[index]
+        train, validation = row_curves(row)
+        for values, colour, style in ((train, "tab:blue", "-"), (validation, "tab:orange", "--")):
+            if values:
+                axes.plot(range(1, len(values) + 1), values, style, color=colour, marker="o", markersize=3, linewidth=1.2)
+        best = _best_epoch(row)
+        if best is not None and best <= max(len(train), len(validation)):
+            axes.axvline(best, color="0.4", linestyle=":", linewidth=1)
+            if best <= len(validation):
+                axes.plot([best], [validation[best - 1]], marker="*", markersize=11, color="tab:red", linestyle="", zorder=4)
+        name = display_name(row.get("model_id")) or "?"
+        if with_dataset and row.get("dataset"):
+            name = f"{name} · {row.get('dataset')}"
+        axes.set_title(name, fontsize=9)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if all(0 <= value <= 1 for value in train + validation):
+            axes.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+        axes.tick_params(labelsize=7)
+        axes.grid(True, alpha=0.3)
+        if index % columns == 0:
+            axes.set_ylabel("accuracy", fontsize=8)
+        if index >= len(rows) - columns:
+            axes.set_xlabel("epoch", fontsize=8)
+    handles = [Line2D([], [], color="tab:blue", marker="o", markersize=3, label="train accuracy"),
+               Line2D([], [], color="tab:orange", linestyle="--", marker="o", markersize=3, label="validation accuracy"),
+               Line2D([], [], color="tab:red", marker="*", markersize=9, linestyle="", label="best epoch (weights kept)")]
+    figure.legend(handles=handles, loc="upper center", ncols=3, fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.5 / figure.get_figheight()))
+    return figure
+
+
+def curves_png(rows: Sequence[Mapping[str, Any]], with_dataset: bool = False) -> bytes | None:
+    """The training-curves figure as PNG bytes; None when no row has curves."""
+    figure = build_curves_figure(rows, with_dataset)
+    if figure is None:
+        return None
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def curves_data_uri(rows: Sequence[Mapping[str, Any]], with_dataset: bool = False) -> str | None:
+    """The training-curves PNG as a `data:` address for an `<img>` in a stand-alone page; None without curves."""
+    import base64
+
+    png = curves_png(rows, with_dataset)
+    return None if png is None else "data:image/png;base64," + base64.b64encode(png).decode("ascii")
