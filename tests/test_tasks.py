@@ -83,6 +83,21 @@ def test_a_name_taken_by_another_model_is_refused_not_attached(study, tmp_path):
     LocalSageMakerClient(tmp_path / "jobs").stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=launch["job_name"])
 
 
+def test_create_or_attach_attaches_when_the_name_was_taken_by_its_own_earlier_try(study, tmp_path):
+    from model_selection.hooks import LocalTuningJobHook, NameTaken
+    from model_selection.tuning_request import request_for_launch
+
+    hook = LocalTuningJobHook(str(tmp_path / "jobs"))
+    request = request_for_launch(launch_for(study, "test_resnet", tmp_path / "jobs"))
+    assert hook.create_or_attach(request) == (False, "InProgress")
+    assert hook.create_or_attach(request) == (True, "InProgress")  # ResourceInUse, then the same job found
+    other = request_for_launch({**launch_for(study, "test_efficientnet", tmp_path / "jobs"),
+                                "job_name": request["HyperParameterTuningJobName"]})
+    with pytest.raises(NameTaken):
+        hook.create_or_attach(other)
+    assert hook.stop(request["HyperParameterTuningJobName"]) is True
+
+
 def test_the_job_identity_ignores_what_the_service_adds_and_sees_the_model_channel(study, tmp_path):
     from model_selection.hooks import NameTaken, check_same_job
     from model_selection.tuning_request import request_for_launch

@@ -79,10 +79,7 @@ class TuningJobHook:
         return description["HyperParameterTuningJobStatus"]
 
     def create_or_attach(self, request: Mapping[str, Any]) -> tuple[bool, str]:
-        """(attached, status): attaches when the job exists already and was made from this request."""
-        status = self.existing_status(request)
-        if status is not None:
-            return True, status
+        """(attached, status): creates the job, or attaches when the name is taken by this request's job."""
         try:
             self.conn.create_hyper_parameter_tuning_job(**request)
             return False, "InProgress"
@@ -90,7 +87,7 @@ class TuningJobHook:
             if error_code(error) != RESOURCE_IN_USE:
                 _raise_for(error)
                 raise
-            status = self.existing_status(request)  # created meanwhile by another try of the same task
+            status = self.existing_status(request)  # created already, by an earlier try of this launch
             if status is None:
                 raise
             return True, status
