@@ -74,6 +74,31 @@ def test_supervisors_and_trainers_get_no_secret_from_the_environment(client, dat
     assert not {name for name in names if name.startswith(("AWS_", "AIRFLOW"))}
 
 
+def test_a_hub_that_cannot_be_reached_makes_the_trainers_run_offline(client, data, tmp_path, monkeypatch):
+    """Without the probe each trainer would wait about 50 s for huggingface_hub's retries (measured here)."""
+    import socket
+
+    from model_selection.local.supervisor import hub_reachable
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        unreachable = f"http://127.0.0.1:{closed.getsockname()[1]}"  # bound, never listening: refused
+        with socket.create_server(("127.0.0.1", 0)) as listening:
+            monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{listening.getsockname()[1]}")
+            assert hub_reachable() is True
+        monkeypatch.setenv("HF_ENDPOINT", unreachable)
+        assert hub_reachable() is False
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        dumps = tmp_path / "environment-dumps"
+        monkeypatch.setenv("MODEL_SELECTION_LOCAL_PYTHON", str(environment_dumping_python(dumps)))
+        client.create_hyper_parameter_tuning_job(**request("offline", data, rates=(1.0,)))
+        assert wait_for(client, "offline")["HyperParameterTuningJobStatus"] == "Completed"
+    trainers = [path.read_text() for path in dumps.glob("*.env") if "model_selection.local.train" in path.read_text()]
+    assert len(trainers) == 1 and "HF_HUB_OFFLINE=1" in trainers[0].splitlines()
+    assert f"HF_ENDPOINT={unreachable}" in trainers[0].splitlines()
+    assert "the model hub cannot be reached" in (client.store.tuning_dir("offline") / "supervisor.log").read_text()
+
+
 def test_the_allow_list_passes_what_training_needs_and_nothing_else():
     source = {
         "PATH": "/usr/bin", "HOME": "/home/x", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TZ": "UTC", "TMPDIR": "/tmp",

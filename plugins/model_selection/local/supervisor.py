@@ -11,6 +11,7 @@ from its log with the request's `MetricDefinitions`, and stops the trials when a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import fnmatch
 import hashlib
 import json
@@ -50,7 +51,7 @@ PROCESS_ENVIRONMENT_ALLOWED = (
     # CPU threads: the supervisor splits the cores between the trainers it runs at once
     "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_*",
     # where model weights are cached, and whether a hub may be reached (HF_HUB_OFFLINE)
-    "TORCH_HOME", "HF_HOME", "HF_HUB_*", "HUGGINGFACE_HUB_CACHE", "TIMM_*", "XDG_CACHE_HOME",
+    "TORCH_HOME", "HF_HOME", "HF_HUB_*", "HF_ENDPOINT", "HUGGINGFACE_HUB_CACHE", "TIMM_*", "XDG_CACHE_HOME",
 )
 """Environment variables (exact names or `fnmatch` patterns) that local supervisors and trainers get.
 
@@ -84,6 +85,20 @@ def process_environment(source: Mapping[str, str] | None = None) -> dict[str, st
     paths = [str(PLUGINS_DIR), *(source.get("PYTHONPATH") or "").split(os.pathsep)]
     environment["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(path for path in paths if path))
     return environment
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A TCP connection to the hub (`HF_ENDPOINT`, else huggingface.co) within `timeout` seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def visible_gpus() -> list[str]:
@@ -166,6 +181,14 @@ class Supervisor:
         self.definition = self.request["TrainingJobDefinition"]
         self.slots = MachineSlots(store.root / "slots", machine_trainer_cap())
         self.gpus = visible_gpus()
+
+    @functools.cached_property
+    def hub_reachable(self) -> bool:
+        """Whether the model hub answers a connection within seconds: probed once per tuning job."""
+        reachable = hub_reachable()
+        if not reachable:
+            self.log("the model hub cannot be reached: trainers run with HF_HUB_OFFLINE=1 (cached weights still load)")
+        return reachable
 
     def log(self, message: str) -> None:
         print(f"{now()} {message}", flush=True)
@@ -251,6 +274,9 @@ class Supervisor:
         }
         if self.gpus:
             environment["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
+        if "HF_HUB_OFFLINE" not in environment and not self.hub_reachable:
+            # Weights already in the hub cache still load; nothing waits ~50 s per trainer on a hub it cannot reach.
+            environment["HF_HUB_OFFLINE"] = "1"
         with open(folder / "log.txt", "w") as log_file:
             process = subprocess.Popen(
                 command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
