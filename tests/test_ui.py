@@ -461,6 +461,12 @@ def test_a_deferred_wait_killed_by_the_user_stops_its_job(airflow, finished_run)
         model, job_name = waiting["rendered_map_index"].split(" · ")[:2]  # rendered before `execute` deferred
         assert model == "test_resnet" and job_name in client.store.tuning_job_names(), waiting
         assert status(job_name) == "InProgress"
+        # The triggerer must be running the trigger: a task killed before the triggerer has picked its trigger
+        # up has nothing to cancel, so Airflow calls no on_kill (the README says so). Its first poll logs the job.
+        trigger_logs = (airflow.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run['dag_run_id']}" / "task_id=lane.wait"
+                        / f"map_index={waiting['map_index']}")
+        wait_until(lambda: job_name in "".join(p.read_text() for p in trigger_logs.glob("*.log.trigger.*")), 120,
+                   "the triggerer to run the wait's trigger", airflow.process, airflow.log)
 
         # The UI's "Mark as failed" on a mapped task instance sends this (patchTaskInstanceByMapIndex).
         ti_path = f"{path}/taskInstances/lane.wait/{waiting['map_index']}"
@@ -474,8 +480,6 @@ def test_a_deferred_wait_killed_by_the_user_stops_its_job(airflow, finished_run)
                            f"{job_name} to stop after its wait was marked failed", airflow.process, airflow.log)
         print(f"{job_name}: {ended} {time.time() - started:.1f} s after the wait was marked failed")
         # It was the trigger's on_kill, called by the triggerer for a user action, that stopped it.
-        trigger_logs = (airflow.home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run['dag_run_id']}" / "task_id=lane.wait"
-                        / f"map_index={waiting['map_index']}")
         trigger_log = wait_until(
             lambda: "asked to stop" in (text := "".join(p.read_text() for p in trigger_logs.glob("*.log.trigger.*"))) and text,
             30, "the trigger's log of on_kill", airflow.process, airflow.log)
