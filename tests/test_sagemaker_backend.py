@@ -160,8 +160,10 @@ def test_exhausted_retries_on_throttling_defer_the_launch_instead_of_failing(fak
 
 
 def test_resource_limit_exceeded_makes_the_launch_wait(fake, tmp_path, hooked):
+    full = [True]  # the account's quota is taken until the first job has ended (not left to the fake's timing)
+
     def quota(request, event_name: str, **kwargs):
-        if event_name.endswith("CreateHyperParameterTuningJob") and fake.in_flight() >= 1:
+        if event_name.endswith("CreateHyperParameterTuningJob") and fake.backend.hyper_parameter_tuning_jobs and full[0]:
             body = json.dumps({"__type": "ResourceLimitExceeded",
                                "message": "The account-level service limit for tuning jobs is 1"}).encode()
             return AWSResponse(request.url, 400, {}, _Raw(body))
@@ -174,6 +176,7 @@ def test_resource_limit_exceeded_makes_the_launch_wait(fake, tmp_path, hooked):
         TuningJobLaunchOperator(task_id="launch", launch=second).execute(CONTEXT)
     assert list(fake.backend.hyper_parameter_tuning_jobs) == [first["job_name"]]
     assert wait_with_trigger({"job_name": first["job_name"], "hook_params": first["hook_params"]})["outcome"] == "success"
+    full[0] = False
     TuningJobLaunchOperator(task_id="launch", launch=second).execute(CONTEXT, waits=1, waiting_since=time.time() - 60)
     assert sorted(fake.backend.hyper_parameter_tuning_jobs) == sorted([first["job_name"], second["job_name"]])
 
