@@ -1,7 +1,8 @@
 """Which image classifier should you fine-tune and deploy for your data set?
 
-Plan the study, then in one lane per model launch a tuning job and wait for it, then
-collect every model's metrics and report the accuracy/throughput Pareto frontier.
+Plan the study, optionally screen the candidates cheaply, then in one lane per model launch
+a tuning job and wait for it, collect every model's metrics, time the trained models side
+by side (local backend), and report the accuracy/throughput Pareto frontier.
 Only light imports here: the DAG processor parses this file often.
 """
 
@@ -42,11 +43,20 @@ PARAMS = {
                              description="Overrides of the algorithm's defaults for every backend, as strings "
                                          "(JumpStart names, checked against each model's own)."),
     "local_hyperparameters": Param(
-        {"pretrained": "auto", "image_size": "32"}, type="object",
+        {"pretrained": "auto", "image_size": "auto"}, type="object",
         description="Only for the local backend (never sent to SageMaker): the local trainer's settings, under "
                     "hyperparameters. pretrained auto: the hub, else weights_dir / MODEL_SELECTION_WEIGHTS_DIR, else "
-                    "random init (warned); train_only_top_layer then follows (True with pretrained weights).",
+                    "random init (warned); train_only_top_layer then follows (True with pretrained weights). "
+                    "image_size auto: the pretrained weights' own input size (a JumpStart id's from its map), "
+                    "32 px from random weights; a number sets it for every model.",
     ),
+    "screen": Param(None, type=["null", "object"],
+                    description='Local backend: score every candidate cheaply first and fine-tune only the best, e.g. '
+                                '{"keep_top": 5, "score": "knn"} (score: knn, linear, logme or combined). '
+                                'Empty: every model is fine-tuned.'),
+    "speed_rounds": Param(7, type="integer", minimum=0,
+                          description="Local backend: after training, every trained model is timed side by side in this "
+                                      "many interleaved rounds; the frontier uses those figures (0: each job's own)."),
     "learning_rate_multipliers": Param([1.0, 0.2], type="array", items={"type": "number"},
                                        description="Learning rates tried: the default times each of these."),
     "epochs": Param(10, type="integer", minimum=1, description="Epochs per training job (early stopping may end sooner)."),
@@ -101,6 +111,14 @@ def image_classification_model_selection():
         context["ti"].xcom_push(key="hook_params", value=planned["hook_params"])
         return planned["launches"]
 
+    @task
+    def screen(launches: list) -> list:
+        """The launches to fine-tune: all of them, or the best-scoring `keep_top` when the run asks for a screen."""
+        from model_selection.dag_tasks import screen_task
+
+        context = get_current_context()
+        return screen_task(context["ti"], launches, context["run_id"])
+
     @task_group(group_id="lane")
     def lane(launch: dict) -> None:
         """One model: its wait starts when its own launch returns, and its failure touches no other lane."""
@@ -123,20 +141,28 @@ def image_classification_model_selection():
         context = get_current_context()
         return collect_task(context["ti"], context["run_id"])
 
+    @task
+    def measure_speed(study: dict, collected: dict) -> dict:
+        """Local backend: every trained model of the study timed in one process, side by side."""
+        from model_selection.dag_tasks import measure_speed_task
+
+        return measure_speed_task(study, get_current_context()["run_id"])
+
     @task(outlets=[REPORT_ASSET])
-    def frontier_report(study: dict, collected: dict) -> str:
+    def frontier_report(study: dict, collected: dict, speed: dict) -> str:
         from model_selection.dag_tasks import report_task
 
         report = report_task(study)
         get_current_context()["outlet_events"][REPORT_ASSET].extra = report
         return report["report"]
 
-    launches = plan()
-    study = XComArg(launches.operator, key="study")
+    planned = plan()
+    study = XComArg(planned.operator, key="study")
+    launches = screen(planned)
     lanes = lane.expand(launch=launches)
     collected = collect_metrics()
     [launches, lanes] >> collected
-    frontier_report(study, collected)
+    frontier_report(study, collected, measure_speed(study, collected))
 
 
 image_classification_model_selection()

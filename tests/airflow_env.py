@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,11 @@ def migrate(environment: dict[str, str]) -> None:
     subprocess.run([AIRFLOW, "db", "migrate"], env=environment, check=True, capture_output=True, timeout=300)
     subprocess.run([AIRFLOW, "pools", "import", str(POOLS_FILE)], env=environment, check=True, capture_output=True,
                    timeout=120)
+
+
+def run_succeeded(output: str) -> bool:
+    """The DAG run's own end line says success (a task's `new_state=success` does not count)."""
+    return re.search(r"DagRun Finished:.*state=success", output) is not None
 
 
 def dags_test_command(conf: dict) -> list[str]:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from airflow_env import PROJECT_ROOT, airflow_environment, dags_test, migrate
+from airflow_env import PROJECT_ROOT, airflow_environment, dags_test, migrate, run_succeeded
 from conftest import write_image_folders
 
 from model_selection.results import ResultsStore
@@ -43,7 +43,7 @@ print(sorted(task.task_id for task in dag.tasks))
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
                             env={**airflow_environment(Path("/tmp/unused"), Path("/tmp/unused"), Path("/tmp/unused"))})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "['collect_metrics', 'frontier_report', 'lane.launch', 'lane.wait', 'plan']" in result.stdout
+    assert "['collect_metrics', 'frontier_report', 'lane.launch', 'lane.wait', 'measure_speed', 'plan', 'screen']" in result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +65,7 @@ def conf(airflow, model_ids: list[str], **extra) -> dict:
                     "test": str(data / "test")},
         "hyperparameters": TINY,
         "epochs": 2,
+        "speed_rounds": 1,  # the measurement pass runs, briefly: these tests are about the DAG
         **extra,
     }
 
@@ -80,7 +81,7 @@ def test_end_to_end_backfill_and_a_failing_model(airflow):
     store = ResultsStore(str(airflow["root"] / "results"))
 
     first = dags_test(airflow["environment"], conf(airflow, ["test_efficientnet", "test_resnet"]))
-    assert "state=success" in first.stdout + first.stderr, (first.stdout + first.stderr)[-4000:]
+    assert run_succeeded(first.stdout + first.stderr), (first.stdout + first.stderr)[-4000:]
     rows = {row["model_id"]: row for row in store.read_latest(dataset="tiny")}
     assert {model: row["status"] for model, row in rows.items()} == {"test_efficientnet": "Completed",
                                                                      "test_resnet": "Completed"}
@@ -132,3 +133,41 @@ def test_invalid_input_fails_in_plan_and_launches_nothing(airflow):
                     "unknown model id 'no_such_model_xyz'", "validation channel: folder", "does not exist"):
         assert problem in output, output[-4000:]
     assert tuning_jobs(airflow) == before
+
+
+def test_screen_fine_tunes_only_the_best_and_a_later_run_trains_a_screened_out_model(airflow):
+    """Three candidates, keep_top 1: one tuning job, two `Screened out` rows with their scores, the screen's
+    record and the report's table; then a run naming a screened-out model (no screen) fine-tunes it."""
+    store = ResultsStore(str(airflow["root"] / "results"))
+    candidates = ["test_efficientnet", "test_resnet", "test_byobnet"]
+    screened = conf(airflow, candidates, screen={"keep_top": 1, "score": "knn"}, speed_rounds=2)
+    screened["dataset"]["name"] = "screened"
+    before = tuning_jobs(airflow)
+    result = dags_test(airflow["environment"], screened)
+    output = result.stdout + result.stderr
+    assert run_succeeded(output), output[-4000:]
+    assert "screen: 3 candidate(s) scored, the best 1 fine-tuned; saves 4 training job(s)" in output
+    launched = sorted(set(tuning_jobs(airflow)) - set(before))
+    rows = {row["model_id"]: row for row in store.read_latest(dataset="screened")}
+    kept = [model for model, row in rows.items() if row["status"] == "Completed"]
+    out = sorted(model for model, row in rows.items() if row["status"] == "Screened out")
+    assert len(kept) == 1 and len(out) == 2 and len(launched) == 1, (rows, launched)
+    assert rows[kept[0]]["screen_rank"] == 1
+    assert max(rows[model]["screen_knn"] for model in out) <= rows[kept[0]]["screen_knn"]
+    for model in out:
+        assert rows[model]["tuning_job_name"] is None and "the screen kept the top 1" in rows[model]["failure_reason"]
+        assert 0.0 <= rows[model]["screen_knn"] <= 1.0 and rows[model]["screen_seconds"] > 0
+    record = store.latest_record("screen", "screened", rows[kept[0]]["config_hash"])
+    assert record["kept"] == kept and sorted(record["screened_out"]) == out and record["training_jobs_saved"] == 4
+    speed = store.latest_record("speed", "screened", rows[kept[0]]["config_hash"])
+    assert list(speed["models"]) == kept and speed["models"][kept[0]]["throughput"] > 0
+    report = (airflow["root"] / "results" / "reports" / "screened" / rows[kept[0]]["config_hash"] / "report.html").read_text()
+    assert "Screened out" in report and all(model in report for model in out)
+
+    backfill = conf(airflow, [out[0]], speed_rounds=0)
+    backfill["dataset"]["name"] = "screened"
+    again = dags_test(airflow["environment"], backfill)
+    assert run_succeeded(again.stdout + again.stderr), (again.stdout + again.stderr)[-4000:]
+    rows = {row["model_id"]: row for row in store.read_latest(dataset="screened")}
+    assert rows[out[0]]["status"] == "Completed" and rows[out[1]]["status"] == "Screened out"
+    assert len(set(tuning_jobs(airflow)) - set(before)) == 2

@@ -328,3 +328,9 @@ def test_a_model_dominated_only_within_the_accuracy_intervals_is_on_the_frontier
     assert "within noise" not in result.reasons["far-behind"]
     precise = recommend([{**row, "test_examples": 100_000} for row in rows])
     assert precise.within_noise == []  # with a large test set the difference is real
+
+    # with a large test set, a measurement pass whose throughput ranges overlap still leaves it within noise
+    timed = [{**row, "test_examples": 100_000, "test_throughput_low": row["test_throughput"] * 0.7,
+              "test_throughput_high": row["test_throughput"] * 1.1} for row in rows]
+    assert recommend(timed).within_noise == ["close-behind"]  # 150 (105-165) overlaps 200 (140-220); 100 (70-110) not
+    assert "throughput's range overlaps" in recommend(timed).reasons["close-behind"]

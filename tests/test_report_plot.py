@@ -125,11 +125,12 @@ def test_cli_reads_a_bare_table_and_recommends(tmp_path, capsys):
     assert "No model meets test_throughput" in page and "Closest: <strong>small</strong>" in page
 
 
-def test_throughput_spread_where_repeats_exist(tmp_path):
+def test_throughput_spread_where_a_measurement_pass_timed_the_model(tmp_path):
     rows = study_rows(3)
-    rows[0].update(test_accuracy=0.99, test_throughput_repeats=[100.0, 110.0, 120.0])  # the most accurate: on the frontier
+    rows[0].update(test_accuracy=0.99, test_throughput=110.0, test_throughput_low=101.5, test_throughput_high=120.3)
     page = render_html(rows, None)
-    assert "± 10.0" in page
+    assert "110.0 (101.5–120.3)" in page
+    assert "(101." not in render_html(study_rows(3), None), "no spread where no pass timed the models"
     assert "(95% interval)" in page and "n=1,000)" in page
 
 

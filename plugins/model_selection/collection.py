@@ -114,6 +114,7 @@ def collect_row(hook: Any, launch: Mapping[str, Any], study_settings: Mapping[st
         "test_examples": study_settings.get("test_examples"),
         "dag_run_id": run_id,
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        **(launch.get("screen") or {}),  # the screen's scores, when this run screened the model in
     }
     try:
         tuning = hook.describe(launch["job_name"])

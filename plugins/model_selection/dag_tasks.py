@@ -11,6 +11,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+PLAN_TASK = "plan"
+SCREEN_TASK = "screen"  # returns the launches the lanes run: the plan's, or the screen's best
 LANE = "lane"  # the mapped task group of one model's launch and wait
 LAUNCH_TASK, WAIT_TASK = f"{LANE}.launch", f"{LANE}.wait"
 
@@ -50,7 +52,98 @@ def plan_task(params: Mapping[str, Any], project_root: Path) -> dict[str, Any]:
              study["dataset"]["name"], len(planned["launches"]), len(planned["skipped"]),
              f" (skipped: {', '.join(planned['skipped'])})" if planned["skipped"] else "",
              f"; attaching to the running jobs of {', '.join(attaching)}" if attaching else "")
+    if study["screen"]:
+        log.info(screen_saving(study, planned["launches"]))
     return {**planned, "hook_params": settings}
+
+
+def screen_saving(study: Mapping[str, Any], launches: list[dict[str, Any]]) -> str:
+    """What the plan says before anything runs: how many training jobs the screen will spare."""
+    from model_selection.screening import screen_settings, training_jobs_saved
+
+    keep_top = screen_settings(study["screen"]).keep_top
+    candidates = sum(not launch["attaching"] for launch in launches)
+    trials = len(study["learning_rate_multipliers"])
+    return (f"screen: {candidates} candidate(s) scored, the best {min(keep_top, candidates)} fine-tuned; saves "
+            f"{training_jobs_saved(candidates, keep_top, trials)} training job(s) "
+            f"({max(candidates - keep_top, 0)} tuning job(s) of {trials} trial(s) each)")
+
+
+def screen_task(ti: Any, launches: list[dict[str, Any]], run_id: str) -> list[dict[str, Any]]:
+    """The launches the lanes run. With a screen, every candidate is scored from one forward pass of its
+    backbone; only the `keep_top` best are launched, and the others get `Screened out` rows with their scores.
+
+    A model whose job is already running is never screened out: its launch attaches to that job.
+    Idempotent: a retry scores from the feature cache and replaces this run's rows and record.
+    """
+    from model_selection.screening import screen_settings
+
+    study = ti.xcom_pull(task_ids=PLAN_TASK, key="study")
+    settings = screen_settings(study.get("screen"))
+    candidates = [launch for launch in launches if not launch["attaching"]]
+    if settings is None or not candidates:
+        log.info("no screen: all %d planned model(s) are fine-tuned", len(launches))
+        return launches
+
+    from model_selection.local.screen import screen_candidates
+    from model_selection.results import ResultsStore
+    from model_selection.screening import select_top, training_jobs_saved
+
+    results = screen_candidates(
+        [{"model_id": launch["model_id"], "static_hyperparameters": launch["spec"]["static_hyperparameters"]}
+         for launch in candidates],
+        study["dataset"]["training"], study["dataset"].get("validation"), hook_params(study)["jobs_root"], log=log.info,
+    )
+    scores = {model_id: result["scores"][settings.score] for model_id, result in results.items() if not result["error"]}
+    ranked, below = select_top(scores, settings.keep_top)
+    failed = [model_id for model_id, result in results.items() if result["error"]]
+    rank = {model_id: position for position, model_id in enumerate(ranked + below, start=1)}
+
+    def screen_fields(model_id: str) -> dict[str, Any]:
+        result = results[model_id]
+        return {"screen_score_name": settings.score, "screen_score": scores.get(model_id), "screen_rank": rank.get(model_id),
+                "screen_candidates": len(results), "screen_keep_top": settings.keep_top,
+                **{f"screen_{name}": value for name, value in (result["scores"] or {}).items()},
+                "screen_seconds": result["seconds"], "screen_weights": result.get("weights")}
+
+    by_id = {launch["model_id"]: launch for launch in candidates}
+    kept = [launch for launch in launches if launch["attaching"]] + [by_id[model_id] for model_id in ranked]
+    kept = [{**launch, "map_index": index, "screen": screen_fields(launch["model_id"]) if launch["model_id"] in results else {}}
+            for index, launch in enumerate(kept)]
+    screened_out = [screened_out_row(study, by_id[model_id], screen_fields(model_id), run_id,
+                                     results[model_id]["error"] or f"ranked {rank[model_id]} of {len(scores)} by "
+                                     f"{settings.score} score; the screen kept the top {settings.keep_top}")
+                    for model_id in below + failed]
+    store = ResultsStore(study["results_uri"], conn_id=study["aws_conn_id"])
+    if screened_out:
+        store.append(screened_out, run_id=run_id, batch="screened")
+    trials = len(study["learning_rate_multipliers"])
+    store.write_record("screen", study["dataset"]["name"], study["config_hash"], run_id, {
+        "score": settings.score, "keep_top": settings.keep_top, "kept": ranked, "screened_out": below + failed,
+        "candidates": {model_id: {**result, "trainer_model_id": by_id[model_id]["spec"]["static_hyperparameters"]["model_id"]}
+                       for model_id, result in results.items()},
+        "seconds": sum(result["seconds"] for result in results.values()),
+        "images": sum(result.get("images") or 0 for result in results.values()),
+        "training_jobs_saved": training_jobs_saved(len(candidates), len(ranked), trials),
+    })
+    log.info("screen by %s score: fine-tuning %s; screened out %s (%d training jobs saved); %.1f s",
+             settings.score, ", ".join(ranked) or "none", ", ".join(below + failed) or "none",
+             training_jobs_saved(len(candidates), len(ranked), trials), sum(r["seconds"] for r in results.values()))
+    return kept
+
+
+def screened_out_row(study: Mapping[str, Any], launch: Mapping[str, Any], fields: Mapping[str, Any], run_id: str,
+                     reason: str) -> dict[str, Any]:
+    """A model the screen did not pass on: its scores and why, so a later run that names it can train it."""
+    import datetime as dt
+
+    from model_selection.names import model_family
+    from model_selection.results import SCREENED_OUT
+
+    return {"dataset": study["dataset"]["name"], "model_id": launch["model_id"], "family": model_family(launch["model_id"]),
+            "config_hash": study["config_hash"], "backend": study["backend"], "model_version": launch.get("model_version"),
+            "tuning_job_name": None, "status": SCREENED_OUT, "failure_reason": reason, **fields,
+            "dag_run_id": run_id, "finished_at": dt.datetime.now(dt.timezone.utc).isoformat()}
 
 
 def collect_task(ti: Any, run_id: str) -> dict[str, Any]:
@@ -65,11 +158,13 @@ def collect_task(ti: Any, run_id: str) -> dict[str, Any]:
     from model_selection.hooks import tuning_job_hook
     from model_selection.results import ResultsStore
 
-    launches = ti.xcom_pull(task_ids="plan")
-    study = ti.xcom_pull(task_ids="plan", key="study")
+    study = ti.xcom_pull(task_ids=PLAN_TASK, key="study")
     if study is None:
         raise AirflowSkipException("the plan did not succeed: there is nothing to collect")
-    hook = tuning_job_hook(ti.xcom_pull(task_ids="plan", key="hook_params"))
+    launches = ti.xcom_pull(task_ids=SCREEN_TASK)
+    if launches is None:
+        raise AirflowSkipException("the screen did not succeed: no model was launched")
+    hook = tuning_job_hook(ti.xcom_pull(task_ids=PLAN_TASK, key="hook_params"))
     rows = [{**collect_row(hook, launch, study, run_id), **airflow_figures(ti, launch)} for launch in launches]
     for row in rows:
         log.info("%s: %s%s", row["model_id"], row["status"], f" ({row['failure_reason']})" if row["failure_reason"] else "")
@@ -95,6 +190,38 @@ def airflow_figures(ti: Any, launch: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def measure_speed_task(study: Mapping[str, Any], run_id: str) -> dict[str, Any]:
+    """Local backend: time every trained model of the study (this run's and earlier ones) in one process,
+    side by side, and record the pass for the report. SageMaker jobs keep the figures their jobs reported.
+
+    Never fails for a model it cannot time: that model keeps its job's figure, and the report says so.
+    """
+    if study["backend"] != "local":
+        return {"measured": 0, "why": "SageMaker jobs report their own throughput (per batch, on their instance)"}
+    if not study["dataset"].get("test"):
+        return {"measured": 0, "why": "the data set has no test channel"}
+    if not study["speed_rounds"]:
+        return {"measured": 0, "why": "speed_rounds is 0: each model keeps its own job's figures"}
+    from model_selection.local.hyperparameters import parse_hyperparameters
+    from model_selection.local.speed import speed_pass_for_rows
+    from model_selection.results import ResultsStore
+
+    store = ResultsStore(study["results_uri"], conn_id=study["aws_conn_id"])
+    dataset, config_hash = study["dataset"]["name"], study["config_hash"]
+    batch_size = parse_hyperparameters(study["hyperparameters"])[0].batch_size  # the trainer's, default included
+    speed = speed_pass_for_rows(store.read_latest(dataset=dataset, config_hash=config_hash), study["dataset"]["test"],
+                                batch_size, jobs_root=hook_params(study)["jobs_root"], rounds=study["speed_rounds"])
+    written = store.write_record("speed", dataset, config_hash, run_id, speed)
+    for model_id, figures in sorted(speed["models"].items()):
+        log.info("%s: %s", model_id, figures.get("error") or
+                 f"{figures['throughput']:.1f} images/s at batch size {batch_size} "
+                 f"({figures['throughput_low']:.1f}-{figures['throughput_high']:.1f}), "
+                 f"latency at batch size 1 {figures['latency_bs1_median'] * 1000:.2f} ms (p90 "
+                 f"{figures['latency_bs1_p90'] * 1000:.2f} ms), end to end {figures['end_to_end_throughput']:.1f} images/s")
+    return {"measured": sum("error" not in figures for figures in speed["models"].values()),
+            "not_measured": speed["not_measured"], "record": written}
+
+
 def report_task(study: Mapping[str, Any]) -> dict[str, Any]:
     """Write the report of every result under this data set and configuration; returns where it is and
     what it recommends (the Asset event's extra)."""
@@ -103,11 +230,22 @@ def report_task(study: Mapping[str, Any]) -> dict[str, Any]:
     from model_selection.results import ResultsStore, safe_file_name
 
     store = ResultsStore(study["results_uri"], conn_id=study["aws_conn_id"])
-    rows = with_costs(store.read_latest(dataset=study["dataset"]["name"], config_hash=study["config_hash"]),
-                      local_usd_per_hour=study["local_usd_per_hour"])
+    dataset, config_hash = study["dataset"]["name"], study["config_hash"]
+    rows = store.read_latest(dataset=dataset, config_hash=config_hash)
+    speed = store.latest_record("speed", dataset, config_hash) if study["backend"] == "local" else None
+    if speed:  # the local models timed side by side after training (see measure_speed_task)
+        from model_selection.local.speed import with_speed
+
+        rows = with_speed(rows, speed)
+    rows = with_costs(rows, local_usd_per_hour=study["local_usd_per_hour"])
+    screen = store.latest_record("screen", dataset, config_hash)
+    if screen:
+        from model_selection.screening import screen_ranking
+
+        screen = screen_ranking(screen, rows)
     destination = store.root / "reports" / safe_file_name(study["dataset"]["name"]) / study["config_hash"]
     options = {"objectives": study["objectives"], "settings": dict(study), "constraints": study["constraints"],
-               "title": f"Model selection: {study['dataset']['name']}"}
+               "title": f"Model selection: {study['dataset']['name']}", "screen": screen}
     if isinstance(destination, Path):
         write_report(rows, destination, **options)
     else:  # object storage: write here, then copy

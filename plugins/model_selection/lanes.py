@@ -18,9 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from model_selection.dag_tasks import LAUNCH_TASK, WAIT_TASK
+from model_selection.dag_tasks import LAUNCH_TASK, PLAN_TASK, SCREEN_TASK, WAIT_TASK
 
-PLAN_TASK, REPORT_TASK = "plan", "frontier_report"
+REPORT_TASK = "frontier_report"
 MISSING = "—"
 # What `TuningJobLaunchOperator._wait` defers for; its next_kwargs say how often, since when and why.
 WAIT_KINDS = {"capacity": "capacity", "quota": "quota", "throttled": "throttling"}
@@ -201,11 +201,11 @@ class RunState:
 
 
 def lanes(run: RunState, describe: Callable[[Mapping[str, Any]], Any], now: float) -> list[Lane]:
-    """One lane per launch of the plan; `describe(launch)` returns the job's description or raises.
+    """One lane per launch the screen passed on; `describe(launch)` returns the job's description or raises.
 
     Jobs are described in parallel (a few calls to the service at most, one per lane whose job may exist).
     """
-    launches = [launch for launch in (run.xcom(PLAN_TASK) or []) if isinstance(launch, Mapping)]
+    launches = [launch for launch in (run.xcom(SCREEN_TASK) or []) if isinstance(launch, Mapping)]
 
     def described(launch: Mapping[str, Any]) -> Any:
         if run.instance(LAUNCH_TASK, int(launch["map_index"])).get("state") not in DESCRIBED_LAUNCH_STATES:
@@ -255,7 +255,7 @@ def read_run(dag_id: str, run_id: str) -> RunState | None:
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
-    task_ids = (PLAN_TASK, LAUNCH_TASK, WAIT_TASK, REPORT_TASK)
+    task_ids = (PLAN_TASK, SCREEN_TASK, LAUNCH_TASK, WAIT_TASK, REPORT_TASK)
     with create_session(scoped=False) as session:
         dag_run = session.scalars(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)).first()
         if dag_run is None:
@@ -360,6 +360,19 @@ def page(title: str, body: str, refresh_seconds: int | None = None, script: str 
             f"</head><body>{body}{script}</body></html>")
 
 
+NOT_ENDED_STATES = (None, "scheduled", "queued", "running", "up_for_retry")
+
+
+def no_lanes_reason(plan_state: str | None, screen_state: str | None) -> str:
+    """Why a run shows no lanes yet: a step before them is running or failed, or nothing was left to train."""
+    for step, state in (("plan", plan_state), ("screen", screen_state)):
+        if state in NOT_ENDED_STATES:
+            return f"The {step} has not finished yet: the lanes appear once it has."
+        if state != "success":
+            return f"The {step} is {state}: this run has no lanes (its log says why)."
+    return "Nothing was left to train: every model has results or was screened out."
+
+
 def render_run_page(run: RunState, lanes_: Sequence[Lane], links: Links, script: str = "",
                     refresh_seconds: int = 30) -> str:
     """The run's lanes, its state and report link; reloads itself while the run is unfinished."""
@@ -368,12 +381,8 @@ def render_run_page(run: RunState, lanes_: Sequence[Lane], links: Links, script:
               f"<p>Run {_link(run.run_id, links.dag_run(run.dag_id, run.run_id))} is "
               f"<strong>{_escape(run.state or 'unknown')}</strong>"
               + (f"; this view reloads every {int(refresh_seconds)} s." if unfinished else ".") + "</p>")
-    plan_state = run.instance(PLAN_TASK).get("state")
     if not lanes_:
-        why = ("The plan has not finished yet: the lanes appear once it has."
-               if plan_state in (None, "scheduled", "queued", "running", "up_for_retry")
-               else f"The plan is {plan_state}: this run has no lanes (its log says why)."
-               if plan_state != "success" else "The plan found nothing to train: every model has results.")
+        why = no_lanes_reason(run.instance(PLAN_TASK).get("state"), run.instance(SCREEN_TASK).get("state"))
         body = f"{header}<p>{_escape(why)}</p>"
     else:
         body = (f"{header}<h2>Lanes</h2>{render_lanes_table(run.dag_id, run.run_id, lanes_, links)}"

@@ -7,14 +7,20 @@ in one message, so a typo in the model list is not found hours into a study.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model_selection.metrics import metric_definitions
 from model_selection.naming import tuning_job_name
 from model_selection.results import ResultsStore, model_histories
 from model_selection.study import Study, StudyError
 from model_selection.tuning_request import LOCAL_ROLE_ARN, learning_rate_values
+
+if TYPE_CHECKING:
+    from model_selection.local.jumpstart_map import Translation
+
+log = logging.getLogger(__name__)
 
 # Hyperparameters the study itself sets for every model (the notebook's fair-comparison rules).
 STUDY_HYPERPARAMETERS = ("model_id", "epochs", "early_stopping", "early_stopping_patience", "early_stopping_min_delta")
@@ -112,13 +118,18 @@ def plan_study(params: dict[str, Any], project_root: Path, jobs_root: str) -> di
     """
     study, problems = Study.parse(params, project_root)
     specs: dict[str, dict[str, Any]] = {}
-    timm_names: dict[str, str] = {}  # JumpStart TF ic id -> the timm model the local trainer loads
+    translation: Translation | None = None  # the local backend's JumpStart ids -> timm models
+    left_out: dict[str, str] = {}  # model -> why a named list runs without it here
     if study.backend == "local":
-        from model_selection.local.jumpstart_map import is_jumpstart_id, translate_jumpstart_ids
+        from model_selection.local.jumpstart_map import translate_jumpstart_ids
 
-        timm_names, map_problems = translate_jumpstart_ids(study.model_ids, project_root)
-        problems += map_problems
-        trained = tuple(timm_names.get(m, m) for m in study.model_ids if m in timm_names or not is_jumpstart_id(m))
+        translation = translate_jumpstart_ids(study.model_ids, project_root)
+        if study.model_list:
+            study, left_out, list_problems = runnable_part_of_list(study, translation.unmapped)
+            problems += list_problems
+        else:
+            problems += translation.problems()
+        trained = tuple(translation.timm_names.get(m, m) for m in study.model_ids if m not in translation.unmapped)
         problems += local_problems(dataclasses.replace(study, model_ids=trained))
     elif study.backend == "sagemaker":
         from model_selection.backends.sagemaker import sagemaker_launch_specs
@@ -136,8 +147,7 @@ def plan_study(params: dict[str, Any], project_root: Path, jobs_root: str) -> di
 
     if study.backend == "local":
         specs = {model_id: local_launch_spec(study, model_id, jobs_root) for model_id in study.model_ids}
-        for model_id, timm_name in timm_names.items():  # launches keep the JumpStart id; the trainer gets timm's
-            specs[model_id]["static_hyperparameters"]["model_id"] = timm_name
+        give_trainers_timm_names(specs, translation, image_size_is_auto(study))
     launches, skipped = [], []
     for model_id, spec in specs.items():
         version = spec.get("jumpstart_model_version")
@@ -158,7 +168,41 @@ def plan_study(params: dict[str, Any], project_root: Path, jobs_root: str) -> di
     if len(set(names)) != len(names):
         raise StudyError(f"two models were given the same tuning-job name: {sorted(names)}")
     return {"study": {**study.settings(), "test_examples": test_examples(study)}, "launches": launches,
-            "skipped": skipped}
+            "skipped": skipped, "left_out": left_out}
+
+
+def runnable_part_of_list(study: Study, unmapped: dict[str, str]) -> tuple[Study, dict[str, str], list[str]]:
+    """A named list on the local backend runs its mapped models and leaves the others out, each logged with why.
+
+    Ids given one by one stay strict (each unmapped one is a problem); a curated list such as
+    jumpstart-caltech256-frontier is meant for both backends, so it runs what has an equivalent here.
+    """
+    left_out = {model_id: reason for model_id, reason in unmapped.items() if model_id in study.model_ids}
+    kept = tuple(model_id for model_id in study.model_ids if model_id not in left_out)
+    for model_id, reason in left_out.items():
+        log.warning("model_list %s on the local backend leaves out %s: no timm equivalent (%s)",
+                    study.model_list, model_id, reason)
+    problems = []
+    if not kept:
+        problems.append(f"model_list {study.model_list!r}: none of its {len(left_out)} models has a timm equivalent "
+                        f"for the local backend: {', '.join(left_out)}")
+    return dataclasses.replace(study, model_ids=kept), left_out, problems
+
+
+def image_size_is_auto(study: Study) -> bool:
+    from model_selection.local.hyperparameters import AUTO, parse_hyperparameters
+
+    return parse_hyperparameters(study_hyperparameters(study))[0].image_size == AUTO
+
+
+def give_trainers_timm_names(specs: dict[str, dict[str, Any]], translation: Translation, image_size_auto: bool) -> None:
+    """Launches keep the JumpStart id; its trainer gets the timm name and, when image_size is auto,
+    the JumpStart model's own input size for its pretrained weights (include/model_maps)."""
+    for model_id, timm_name in translation.timm_names.items():
+        static = specs[model_id]["static_hyperparameters"]
+        static["model_id"] = timm_name
+        if image_size_auto:
+            static["pretrained_image_size"] = str(translation.input_sizes[model_id])
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

@@ -153,7 +153,7 @@ class Recommendation:
     closest: dict[str, Any] | None = None
     indistinguishable: list[str] = field(default_factory=list)
     frontier: list[str] = field(default_factory=list)
-    within_noise: list[str] = field(default_factory=list)  # dominated only by accuracies within their intervals
+    within_noise: list[str] = field(default_factory=list)  # dominated only within accuracy or throughput noise
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -296,8 +296,8 @@ def recommend(
             )
             if _within_noise(row, ranked, feasible_points, index, maximize, result.intervals):
                 result.within_noise.append(model_id)
-                result.reasons[model_id] += ("; on the frontier within noise: its accuracy's 95 % interval overlaps "
-                                             "that of every model that dominates it")
+                result.reasons[model_id] += ("; on the frontier within noise: against every model that dominates it, "
+                                             "its accuracy's 95 % interval or its measured throughput's range overlaps")
             continue
         comparison = _comparison(chosen, row, objectives)
         if model_id in runner_ids:
@@ -310,15 +310,24 @@ def recommend(
     return result
 
 
+def _overlap(a: tuple[float, float] | None, b: tuple[float, float] | None) -> bool:
+    return a is not None and b is not None and a[0] <= b[1] and b[0] <= a[1]
+
+
+def throughput_range(row: Mapping[str, Any]) -> tuple[float, float] | None:
+    """The slowest and fastest round of the measurement pass, where one timed the model (local backend)."""
+    low, high = as_number(row.get("test_throughput_low")), as_number(row.get("test_throughput_high"))
+    return None if low is None or high is None else (low, high)
+
+
 def _within_noise(row: Mapping[str, Any], ranked: Sequence[Mapping[str, Any]], points: Sequence[Sequence[float]],
                   index: int, maximize: Sequence[bool], intervals: Mapping[str, tuple[float, float]]) -> bool:
-    """Dominated, but only by models whose accuracy interval overlaps its own: were the accuracies the other
-    way round, as the test set's size allows, no such model would dominate it."""
-    own = intervals.get(row["model_id"])
+    """Dominated, but by each dominating model only within noise: their accuracy intervals (from the test
+    set's size) or their measured throughput ranges overlap. Were those figures the other way round, as the
+    noise allows, that model would not dominate it."""
     dominators = [other for other, point in zip(ranked, points) if _dominates(point, points[index], maximize)]
-    return own is not None and all(
-        (theirs := intervals.get(other["model_id"])) is not None and theirs[0] <= own[1] and own[0] <= theirs[1]
-        for other in dominators)
+    return all(_overlap(intervals.get(row["model_id"]), intervals.get(other["model_id"]))
+               or _overlap(throughput_range(row), throughput_range(other)) for other in dominators)
 
 
 def _dominates(a: Sequence[float], b: Sequence[float], maximize: Sequence[bool]) -> bool:

@@ -1,6 +1,7 @@
 """The results store: one row per model per study, appended and never rewritten.
 
     RESULTS_URI/rows/DATASET/RUN-UUID.jsonl
+    RESULTS_URI/records/KIND/DATASET/CONFIG_HASH/RUN.json   (a study's speed pass, its screen)
 
 Every write is a new file, written under a temporary name and then renamed, so two
 runs writing at once lose nothing and a run killed while writing leaves no torn rows
@@ -12,6 +13,7 @@ object storage knows (`s3://bucket/prefix` through the AWS connection) works.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -30,6 +32,8 @@ SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 # A job that ended without a result counts as an attempt; one still running is attached to, not repeated.
 ENDED_WITHOUT_RESULT = ("Failed", "Stopped", "NotLaunched")
 STILL_RUNNING = ("InProgress", "Stopping")
+# Not fine-tuned because the screen ranked it below the study's keep_top: a later run that names it trains it.
+SCREENED_OUT = "Screened out"
 
 
 def default_results_uri() -> str:
@@ -119,6 +123,33 @@ class ResultsStore:
     def read_latest(self, dataset: str | None = None, config_hash: str | None = None) -> list[dict[str, Any]]:
         """The latest row per (dataset, model id, configuration hash), optionally filtered."""
         return latest_rows(self.read_all(), dataset, config_hash)
+
+    def _records(self, kind: str, dataset: str, config_hash: str):
+        return self.root / "records" / safe_file_name(kind) / safe_file_name(dataset) / safe_file_name(config_hash)
+
+    def write_record(self, kind: str, dataset: str, config_hash: str, run_id: str, value: Mapping[str, Any]) -> str:
+        """One JSON record of a study-wide step (a speed pass, a screen) per run; a retry replaces its own."""
+        folder = self._records(kind, dataset, config_hash)
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"{safe_file_name(run_id)}.json"
+        recorded = {**value, "run_id": run_id, "recorded_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+        _write_then_rename(final, json.dumps(recorded, default=str, sort_keys=True))
+        return str(final)
+
+    def latest_record(self, kind: str, dataset: str, config_hash: str) -> dict[str, Any] | None:
+        """The newest record of that kind for the study (by its `recorded_at`), or None; unreadable ones are skipped."""
+        folder = self._records(kind, dataset, config_hash)
+        if not folder.exists():
+            return None
+        records = []
+        for path in folder.iterdir():
+            if not path.name.endswith(".json") or path.name.startswith("."):
+                continue
+            try:
+                records.append(json.loads(path.read_text()))
+            except json.JSONDecodeError as error:
+                log.warning("results store: skipping unreadable record %s: %s", path, error)
+        return max(records, key=lambda record: str(record.get("recorded_at", "")), default=None)
 
 
 def latest_rows(rows: Iterable[Mapping[str, Any]], dataset: str | None = None,

@@ -58,10 +58,16 @@ class Study:
     aws_conn_id: str = "aws_default"
     region_name: str | None = None
     model_filters: tuple[tuple[str, ...], ...] = ()
+    # The curated list the ids came from (`model_list`), None when they were given one by one.
+    model_list: str | None = None
     # How the report decides (not part of the configuration: changing them re-trains nothing).
     objectives: tuple[str, ...] = ("test_accuracy:max", "test_throughput:max")
     constraints: tuple[str, ...] = ()
     local_usd_per_hour: float | None = None
+    # Fine-tune only the best-scoring candidates: {"keep_top": K, "score": ...}; None fine-tunes every model.
+    screen: Mapping[str, Any] | None = None
+    # Local backend: rounds of the pass that times every trained model side by side (0: each job's own figure).
+    speed_rounds: int = 7
 
     @property
     def config_hash(self) -> str:
@@ -124,6 +130,11 @@ class Study:
         if local_usd_per_hour is not None and not (_positive_number(local_usd_per_hour) or local_usd_per_hour == 0):
             problems.append(f"local_usd_per_hour must be a number of at least 0, got {local_usd_per_hour!r}")
             local_usd_per_hour = None
+        speed_rounds = _integer(params, "speed_rounds", 7, 0, problems)
+        screen = params.get("screen") or None
+        from model_selection.screening import screen_problems
+
+        problems += screen_problems(screen, len(model_ids), backend)
 
         from model_selection.results import default_results_uri
 
@@ -144,10 +155,13 @@ class Study:
             output_path=params.get("output_path") or None,
             aws_conn_id=str(params.get("aws_conn_id") or "aws_default"),
             model_filters=tuple(filters),
+            model_list=str(params.get("model_list")) if params.get("model_list") else None,
             region_name=params.get("region_name") or None,
             objectives=tuple(objectives),
             constraints=tuple(constraints),
             local_usd_per_hour=None if local_usd_per_hour is None else float(local_usd_per_hour),
+            screen=dict(screen) if isinstance(screen, Mapping) else None,
+            speed_rounds=speed_rounds,
         )
         return study, problems
 

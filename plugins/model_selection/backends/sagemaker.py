@@ -93,8 +93,8 @@ def _empty_prefixes(study: Any, region: str | None = None) -> list[str]:
 
 # Hyperparameters only the local trainer understands (model_selection.local.hyperparameters):
 # which timm model, where its weights come from and how to run it. They never reach SageMaker.
-LOCAL_ONLY_SETTINGS = frozenset({"model_id", "pretrained", "weights_file", "weights_dir", "image_size", "device",
-                                 "num_workers"})
+LOCAL_ONLY_SETTINGS = frozenset({"model_id", "pretrained", "weights_file", "weights_dir", "image_size",
+                                 "pretrained_image_size", "device", "num_workers"})
 
 
 def sagemaker_launch_specs(study: Any, study_hyperparameters: dict[str, str]) -> tuple[dict[str, dict[str, Any]], list[str]]:

@@ -27,6 +27,12 @@ INTERPOLATIONS = ("bilinear", "nearest", "bicubic", "area", "lanczos3")
 REINITIALIZE_CHOICES = ("Auto", "True", "False")
 PRETRAINED_CHOICES = ("auto", "true", "false")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:[0-9]+)?)$")
+AUTO = "auto"
+# image_size=auto on a model that starts from random weights: nothing ties it to the size its
+# architecture was trained at, and full fine-tuning at 224 px is too slow on a CPU (the demo, CI);
+# 32 px keeps such a run small and fast.
+RANDOM_INIT_IMAGE_SIZE = 32
+MIN_IMAGE_SIZE = 8
 
 
 def _boolean(value: Any) -> bool:
@@ -101,6 +107,16 @@ def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return parse_optional
 
 
+def _image_size(value: Any) -> int | str:
+    """Pixels, or auto (also when unset): the pretrained weights' own size, else RANDOM_INIT_IMAGE_SIZE."""
+    if value is None or str(value).strip().lower() in ("", "none", AUTO):
+        return AUTO
+    try:
+        return _integer(low=MIN_IMAGE_SIZE)(value)
+    except ValueError as error:
+        raise ValueError(f"expected auto or an integer of at least {MIN_IMAGE_SIZE}") from error
+
+
 def _device(value: Any) -> str:
     text = str(value).strip().lower()
     if not DEVICE_PATTERN.match(text):
@@ -145,12 +161,30 @@ class Hyperparameters:
     pretrained: str = "auto"
     weights_file: str | None = None
     weights_dir: str | None = None
-    image_size: int | None = None
+    # auto: the pretrained weights' input size (pretrained_image_size if given, else timm's pretrained_cfg),
+    # RANDOM_INIT_IMAGE_SIZE from random weights; resolved to pixels once the weights are known.
+    image_size: int | str = AUTO
+    # The input size the pretrained weights were made for, where it is not timm's pretrained_cfg input_size
+    # (the plan sets it from the JumpStart map for JumpStart ids); used only when image_size is auto.
+    pretrained_image_size: int | None = None
     device: str = "auto"
     num_workers: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def chosen_image_size(hyperparameters: Hyperparameters, pretrained: bool) -> tuple[int | None, str]:
+    """The input size in pixels, and why; None: the pretrained weights' own size, from timm's pretrained_cfg."""
+    if hyperparameters.image_size != AUTO:
+        return int(hyperparameters.image_size), "set by the user (image_size)"
+    if not pretrained:
+        return RANDOM_INIT_IMAGE_SIZE, (f"image_size=auto and the model starts from random weights: "
+                                        f"{RANDOM_INIT_IMAGE_SIZE} px, the small fast setting")
+    if hyperparameters.pretrained_image_size is not None:
+        return hyperparameters.pretrained_image_size, ("image_size=auto: the input size the pretrained weights were "
+                                                      "made for (pretrained_image_size, from the JumpStart map)")
+    return None, "image_size=auto: the pretrained weights' own input size (timm's pretrained_cfg)"
 
 
 PARSERS: dict[str, Callable[[Any], Any]] = {
@@ -185,7 +219,8 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "pretrained": _choice(PRETRAINED_CHOICES, case_sensitive=False),
     "weights_file": _optional(_text),
     "weights_dir": _optional(_text),
-    "image_size": _optional(_integer(low=8)),
+    "image_size": _image_size,
+    "pretrained_image_size": _optional(_integer(low=MIN_IMAGE_SIZE)),
     "device": _device,
     "num_workers": _integer(low=0),
 }

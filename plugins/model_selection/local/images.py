@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 
 from model_selection.local.data import LabelledImages
-from model_selection.local.hyperparameters import Hyperparameters
+from model_selection.local.hyperparameters import AUTO, Hyperparameters, chosen_image_size
 
 INTERPOLATION_MODES = {
     "bilinear": transforms.InterpolationMode.BILINEAR,
@@ -46,7 +46,7 @@ class Preprocessing:
         import timm.data
 
         overrides: dict[str, Any] = {}
-        if hyperparameters.image_size is not None:
+        if hyperparameters.image_size != AUTO:
             overrides["input_size"] = (3, hyperparameters.image_size, hyperparameters.image_size)
         config = timm.data.resolve_data_config(overrides, model=model)
         return cls(
@@ -74,6 +74,18 @@ class Preprocessing:
             )
         steps += [transforms.ToTensor(), transforms.Normalize(self.mean, self.std)]
         return transforms.Compose(steps)
+
+
+def resolve_image_size(
+    hyperparameters: Hyperparameters, model: torch.nn.Module, pretrained: bool
+) -> tuple[Hyperparameters, str]:
+    """`image_size` in pixels (auto resolved now that the weights are known), and why that size."""
+    import timm.data
+
+    size, reason = chosen_image_size(hyperparameters, pretrained)
+    if size is None:
+        size = int(timm.data.resolve_data_config({}, model=model)["input_size"][-1])
+    return dataclasses.replace(hyperparameters, image_size=size), reason
 
 
 class ImageFiles(Dataset):

@@ -1,8 +1,9 @@
 """Where local tuning and training jobs live: one folder each, state written atomically.
 
-    ROOT/tuning-jobs/NAME/{request.json, state.json, supervisor.log, stop-requested, feature-cache/}
+    ROOT/tuning-jobs/NAME/{request.json, state.json, supervisor.log, stop-requested}
     ROOT/training-jobs/NAME/{state.json, hyperparameters.json, log.txt, model/, output/}
     ROOT/slots/slot-N.lock     machine-wide trainer slots (see MachineSlots)
+    ROOT/feature-cache/        backbone features, machine-wide: every top-layer trial and the screen share them
 
 Any process can describe any job from these files. A state file is replaced whole
 (write to a temporary file, then rename), so a crash never leaves half of one, and
@@ -71,6 +72,8 @@ class JobStore:
         self.root = Path(root) if root is not None else default_jobs_root()
         self.tuning_root = self.root / "tuning-jobs"
         self.training_root = self.root / "training-jobs"
+        # Safe to share between jobs: a feature's key covers model, weights, preprocessing and every image file.
+        self.feature_cache = self.root / "feature-cache"
 
     def tuning_dir(self, name: str) -> Path:
         return self.tuning_root / name

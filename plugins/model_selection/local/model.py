@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from model_selection.local.hyperparameters import Hyperparameters
+from model_selection.local.hyperparameters import Hyperparameters, chosen_image_size
 
 RANDOM_INIT = "random-init"
 WEIGHTS_DIR_VARIABLE = "MODEL_SELECTION_WEIGHTS_DIR"
@@ -143,18 +143,22 @@ def build_model(hyperparameters: Hyperparameters, num_outputs: int) -> BuiltMode
         raise ModelError(f"hyperparameter weights_dir: {hyperparameters.weights_dir} is not a folder")
 
     arguments: dict = {"num_classes": num_outputs, "drop_rate": hyperparameters.dropout_rate}
-    if hyperparameters.image_size is not None and timm.models.get_pretrained_cfg_value(model_id, "fixed_input_size"):
-        arguments["img_size"] = hyperparameters.image_size
+    # Models with a fixed input size (ViT, Swin, ...) are built for the size they will see.
+    fixed_input_size = timm.models.get_pretrained_cfg_value(model_id, "fixed_input_size")
+
+    def sized(pretrained: bool) -> dict:
+        size, _ = chosen_image_size(hyperparameters, pretrained)
+        return {**arguments, "img_size": size} if fixed_input_size and size is not None else arguments
 
     def random_model() -> torch.nn.Module:
         torch.manual_seed(hyperparameters.random_seed)
-        return timm.create_model(model_id, pretrained=False, **arguments)
+        return timm.create_model(model_id, pretrained=False, **sized(pretrained=False))
 
     def from_file(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
         torch.manual_seed(hyperparameters.random_seed)
         try:
             model = timm.create_model(
-                model_id, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **arguments
+                model_id, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **sized(pretrained=True)
             )
         except Exception as error:  # noqa: BLE001 - a broken or mismatched file is the user's to fix
             raise ModelError(
@@ -171,7 +175,7 @@ def build_model(hyperparameters: Hyperparameters, num_outputs: int) -> BuiltMode
         model, weights, hub_error = None, None, None
         torch.manual_seed(hyperparameters.random_seed)
         try:
-            model = timm.create_model(model_id, pretrained=True, **arguments)
+            model = timm.create_model(model_id, pretrained=True, **sized(pretrained=True))
             config = model.pretrained_cfg
             tag = config.get("hf_hub_id") or config.get("url") or model_id
             weights = {"source": "hub", "tag": tag}

@@ -259,7 +259,7 @@ class Supervisor:
             os.environ.get(PYTHON_VARIABLE, sys.executable), "-m", "model_selection.local.train",
             "--model-dir", str(folder / "model"), "--output-dir", str(folder / "output"),
             "--hyperparameters", str(folder / "hyperparameters.json"),
-            "--feature-cache-dir", str(self.folder / "feature-cache"),
+            "--feature-cache-dir", str(self.store.feature_cache),  # machine-wide: the screen fills it too
         ]
         for channel in self.definition["InputDataConfig"]:
             command += [f"--{channel['ChannelName']}", local_path(channel["DataSource"]["S3DataSource"]["S3Uri"])]

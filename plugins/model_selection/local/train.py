@@ -32,7 +32,7 @@ from model_selection.local import features as feature_cache
 from model_selection.local.data import DataError, LabelledImages, Splits, load_splits
 from model_selection.local.evaluation import Task, TestTiming, predict, timed_predict
 from model_selection.local.hyperparameters import HyperparameterError, Hyperparameters, parse_hyperparameters
-from model_selection.local.images import ImageFiles, Preprocessing
+from model_selection.local.images import ImageFiles, Preprocessing, resolve_image_size
 from model_selection.local.model import BuiltModel, ModelError, build_model, check_model_id
 from model_selection.metrics import format_number
 from model_selection.weights import describe_weights
@@ -222,6 +222,26 @@ def _loader(dataset, hp: Hyperparameters, device: torch.device, shuffle: bool) -
     )
 
 
+def backbone_features(
+    built: BuiltModel,
+    images: LabelledImages,
+    hp: Hyperparameters,
+    preprocessing: Preprocessing,
+    device: torch.device,
+    cache_dir: Path | None,
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The frozen backbone's features of `images`, their labels, and whether they came from `cache_dir`.
+
+    The one way features are made: top-layer training and the screen (local/screen.py) both
+    call it, so a model the screen kept finds its features in the cache under the same key.
+    """
+    built.model.eval()
+    key = feature_cache.feature_key(hp.model_id, built.weights_identity, hp.random_seed, preprocessing, images)
+    loader = _loader(ImageFiles(images, preprocessing.transform()), hp, device, shuffle=False)
+    (features, labels), loaded = feature_cache.cached(cache_dir, key, lambda: predict(built.embed, loader, device))
+    return features, labels, loaded
+
+
 def plan_fit(
     built: BuiltModel,
     splits: Splits,
@@ -273,11 +293,7 @@ def plan_fit(
     sources = []
 
     def features_of(images: LabelledImages) -> TensorDataset:
-        key = feature_cache.feature_key(hp.model_id, built.weights_identity, hp.random_seed, preprocessing, images)
-        loader = _loader(ImageFiles(images, preprocessing.transform()), hp, device, shuffle=False)
-        (features, labels), loaded = feature_cache.cached(
-            feature_cache_dir, key, lambda: predict(built.embed, loader, device)
-        )
+        features, labels, loaded = backbone_features(built, images, hp, preprocessing, device, feature_cache_dir)
         sources.append("loaded" if loaded else "computed")
         return TensorDataset(features, labels)
 
@@ -347,6 +363,8 @@ def train(
         log(warning)
     hp, top_layer_reason = resolve_train_only_top_layer(hp, built)
     log(f"train_only_top_layer={hp.train_only_top_layer}: {top_layer_reason}")
+    hp, image_size_reason = resolve_image_size(hp, built.model, built.pretrained)
+    log(f"image_size={hp.image_size}: {image_size_reason}")
     preprocessing = Preprocessing.for_model(built.model, hp)
     if use_feature_cache is None:
         use_feature_cache = hp.train_only_top_layer and not hp.augmentation
@@ -384,6 +402,7 @@ def train(
         "weights": built.weights,
         "weights_warnings": list(built.warnings),
         "train_only_top_layer": {"value": hp.train_only_top_layer, "reason": top_layer_reason},
+        "image_size": {"value": hp.image_size, "reason": image_size_reason},
         "classes": list(splits.classes),
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,

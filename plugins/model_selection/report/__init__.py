@@ -53,13 +53,15 @@ def write_report(
     constraints: Sequence[Any] = (),
     local_usd_per_hour: float | None = None,
     prices: Any = None,
+    screen: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write frontier.csv, frontier.md, the plot (PNG and SVG) and report.html; returns their paths by kind.
 
     With several data sets each gets its own frontier and plot files `frontier-<data set>.png/.svg`
     (keys `png:<data set>`, `svg:<data set>`). `constraints` are texts such as "test_throughput>=100"
     for the recommendation; `prices` a price-table path (default: the bundled one) and
-    `local_usd_per_hour` the local machine's rate, for each model's `cost_usd`.
+    `local_usd_per_hour` the local machine's rate, for each model's `cost_usd`; `screen` how well the
+    study's screen ranked (`screening.screen_ranking`).
     """
     from model_selection.results import safe_file_name
 
@@ -83,6 +85,7 @@ def write_report(
         paths["svg" + suffix] = out_dir / f"{stem}.svg"
         paths["svg" + suffix].write_text(plots[group.dataset], encoding="utf-8")
     paths["html"] = out_dir / FILE_NAMES["html"]
-    paths["html"].write_text(render_html(rows, None, objectives, settings, title, plots=plots, constraints=constraints),
+    paths["html"].write_text(render_html(rows, None, objectives, settings, title, plots=plots, constraints=constraints,
+                                         screen=screen),
                              encoding="utf-8")
     return paths

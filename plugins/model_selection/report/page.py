@@ -38,6 +38,7 @@ from model_selection.report.table import (
     frontier_table,
     records_table,
     throughput_note,
+    weights_warning,
 )
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ RUN_COLUMNS = (
 # Figures about how a model ran, not what it scored: shown in their own table, not as metrics.
 NOT_METRICS = frozenset(IDENTITY_COLUMNS) | {"on_frontier", "dag_id", "map_index"} | {key for key, _ in RUN_COLUMNS} | set(CURVE_KEYS)
 FAILED_COLUMNS = ("model_id", "status", "failure_reason", "tuning_job_name", "best_training_job_name", "finished_at")
+SCREENED_OUT = "Screened out"  # results.SCREENED_OUT; the report reads rows only
+SCREEN_COLUMNS = ("model_id", "screen_rank", "screen_score_name", "screen_score", "screen_knn", "screen_linear",
+                  "screen_logme", "screen_combined", "screen_seconds", "screen_weights", "failure_reason")
 
 
 class AirflowLinks(Protocol):
@@ -152,6 +156,26 @@ def _distinct(rows: Iterable[Mapping[str, Any]], key: str) -> list[str]:
     return sorted({str(row.get(key)) for row in rows if row.get(key) not in (None, "")})
 
 
+def _figure(value: Any, digits: int = 2) -> str:
+    return MISSING if value is None else f"{value:.{digits}f}"
+
+
+def screen_view(screen: Mapping[str, Any] | None) -> Table | None:
+    """What the screen cost and saved, and how its ranking compared with fine-tuned accuracy and the ImageNet prior."""
+    if not screen:
+        return None
+    return Table(["", ""], [
+        ["score used", f"{screen.get('score')} (kept the top {screen.get('keep_top')} of {screen.get('candidates')})"],
+        ["cost", f"{_figure(screen.get('seconds'), 1)} s over {screen.get('images')} images"],
+        ["training jobs saved", format_cell(screen.get("training_jobs_saved"))],
+        ["Kendall τ, screen score vs fine-tuned test accuracy", _figure(screen.get("screen_tau"))],
+        ["Kendall τ, ImageNet top-1 (prior) vs fine-tuned test accuracy", _figure(screen.get("prior_tau"))],
+        ["models compared (score, prior and fine-tuned accuracy known)", ", ".join(screen.get("compared_models") or []) or MISSING],
+        ["regret: best known accuracy minus best kept", _figure(screen.get("regret"), 4)],
+        ["verdict", str(screen.get("verdict"))],
+    ])
+
+
 def render_html(
     rows: Sequence[Mapping[str, Any]],
     plot_src: str | None = None,
@@ -162,6 +186,7 @@ def render_html(
     template: str = "report.html",
     plots: Mapping[str | None, str] | None = None,
     constraints: Sequence[Any] = (),
+    screen: Mapping[str, Any] | None = None,
     **extra: Any,
 ) -> str:
     """The report page.
@@ -169,6 +194,8 @@ def render_html(
     `plot_src` is the address of a PNG shown as `img#frontier-plot` (the plugin page's route);
     `plots` maps each data set (None for rows without one) to its inline SVG, with hover titles.
     `extra` goes to the template as is (the plugin page's `nav`). Rows with `cost_usd` give the study's cost.
+    `screen` is `screening.screen_ranking` of the study's latest screen: how well it ranked, shown beside
+    the `Screened out` models' table.
     """
     objectives = as_objectives(objectives)
     flagged, groups = flag_by_dataset(rows, objectives)
@@ -189,6 +216,7 @@ def render_html(
             "frontier_names": ", ".join(display_name(row.get("model_id")) for row in by_throughput(group.frontier_rows)) or "none",
             "note": note,
             "note_is_warning": note.startswith("Throughput is not comparable"),
+            "weights_warning": weights_warning(group.rows),
             "plot_svg": Markup(svg) if svg else None,
             "plot_id": "frontier-plot" if not multi else f"frontier-plot-{len(sections) + 1}",
         })
@@ -200,7 +228,9 @@ def render_html(
     all_models.headers.insert(1, "name")
     for cells, row in zip(all_models.rows, flagged):
         cells.insert(1, display_name(row.get("model_id")) or MISSING)
-    not_completed = [row for row in missing if row.get("status") != COMPLETED]
+    screened_out = sorted((row for row in flagged if row.get("status") == SCREENED_OUT),
+                          key=lambda row: (row.get("screen_rank") is None, row.get("screen_rank") or 0))
+    not_completed = [row for row in missing if row.get("status") not in (COMPLETED, SCREENED_OUT)]
     incomplete = [row for row in missing if row.get("status") == COMPLETED]
     datasets = datasets_of(flagged)
     # Per-epoch curves of completed models only (a failed job's partial log is not a result).
@@ -231,6 +261,8 @@ def render_html(
         "curves_names": ", ".join(display_name(row.get("model_id")) or MISSING for row in curve_rows),
         "all_models": all_models,
         "failed": records_table(not_completed, FAILED_COLUMNS),
+        "screened_out": records_table(screened_out, SCREEN_COLUMNS),
+        "screen": screen_view(screen),
         "incomplete": Table(["model_id", "name", "family", "missing objectives"],
                             [[format_cell(row.get("model_id")), display_name(row.get("model_id")), family(row),
                               ", ".join(missing_objectives(row, objectives))] for row in incomplete]),

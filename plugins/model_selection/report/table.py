@@ -27,7 +27,7 @@ from model_selection.frontier import (
 )
 from model_selection.names import display_name
 from model_selection.names import row_family as family
-from model_selection.recommendation import wilson_interval
+from model_selection.recommendation import throughput_range, wilson_interval
 
 # Who and what a row is; every other key is a metric (or a detail) and sorts after these.
 IDENTITY_COLUMNS = (
@@ -62,11 +62,8 @@ METRIC_LABELS = {
     "val_accuracy": "Validation accuracy",
     "cost_usd": "Cost (USD)",
 }
-# How many test examples an accuracy was measured on (for its interval), and a throughput's spread
-# over repeated timings: used where a row has them, never guessed.
+# How many test examples an accuracy was measured on (for its interval): used where a row has it, never guessed.
 TEST_SIZE_COLUMNS = ("test_examples", "test_samples", "test_size")
-THROUGHPUT_SPREAD_COLUMNS = ("test_throughput_std",)
-THROUGHPUT_REPEATS_COLUMN = "test_throughput_repeats"
 
 
 # --- formatting -------------------------------------------------------------------------
@@ -152,33 +149,49 @@ def format_accuracy(row: Mapping[str, Any], metric: str = "test_accuracy") -> st
     return f"{text} ({interval[0] * 100:.1f}–{interval[1] * 100:.1f}%, n={test_size(row):,})"
 
 
-def throughput_spread(row: Mapping[str, Any]) -> float | None:
-    """Standard deviation of the throughput over repeated timings, where the row has them."""
-    repeats = row.get(THROUGHPUT_REPEATS_COLUMN)
-    if isinstance(repeats, str):
-        try:
-            repeats = json.loads(repeats)
-        except ValueError:
-            repeats = None
-    if isinstance(repeats, (list, tuple)):
-        values = [_number(value) for value in repeats]
-        values = [value for value in values if value is not None]
-        if len(values) > 1:
-            return float(pd.Series(values).std())
-    for column in THROUGHPUT_SPREAD_COLUMNS:
-        if metric_value(row, column) is not None:
-            return metric_value(row, column)
-    return None
-
-
 def format_throughput(row: Mapping[str, Any]) -> str:
+    """The median, and the slowest and fastest round where a measurement pass timed the model."""
     text = format_decimal(row.get("test_throughput"))
-    spread = throughput_spread(row)
-    return text if spread is None or text == MISSING else f"{text} ± {spread:.1f}"
+    spread = throughput_range(row)
+    return text if spread is None or text == MISSING else f"{text} ({spread[0]:.1f}–{spread[1]:.1f})"
 
 
 def model_name(value: Any) -> str:
     return MISSING if value in (None, "") else str(value)
+
+
+# Where a row's starting weights came from (`weights_source`, see collection.py and model_selection.weights).
+RANDOM_INIT_SOURCE = "random init"
+PRETRAINED_SOURCES = frozenset({"hub", "file"})
+RANDOM_INIT_MARK = " (random init)"
+
+
+def started_from_random(row: Mapping[str, Any]) -> bool:
+    return row.get("weights_source") == RANDOM_INIT_SOURCE
+
+
+def started_pretrained(row: Mapping[str, Any]) -> bool:
+    """Local rows say so; a SageMaker row is a JumpStart fine-tune, which always starts from pretrained weights."""
+    source = row.get("weights_source")
+    return source in PRETRAINED_SOURCES or (source in (None, "") and row.get("backend") == "sagemaker")
+
+
+def marked_model_name(row: Mapping[str, Any]) -> str:
+    """The model id, marked where the model started from random weights."""
+    return model_name(row.get("model_id")) + (RANDOM_INIT_MARK if started_from_random(row) else "")
+
+
+def weights_warning(rows: Iterable[Mapping[str, Any]]) -> str | None:
+    """A warning when completed models started from random weights: beside pretrained ones, or all of them."""
+    completed = [row for row in rows if row.get("status") in (None, COMPLETED)]
+    random_init = [model_name(row.get("model_id")) for row in completed if started_from_random(row)]
+    if not random_init:
+        return None
+    if any(started_pretrained(row) for row in completed):
+        return (f"Mixed starting weights: {', '.join(random_init)} started from random weights, the other models "
+                f"from pretrained weights; their accuracies do not compare like for like (marked{RANDOM_INIT_MARK}).")
+    return ("Every model here started from random weights (no pretrained weights could be had): "
+            "the accuracies do not show transfer learning.")
 
 
 # (header, key, formatter) of the article-style frontier table (and the Markdown file).
@@ -310,11 +323,14 @@ def _markdown_cell(text: str) -> str:
     return " ".join(text.split()).replace("\\", "\\\\").replace("|", "\\|").replace("<", "\\<").replace(">", "\\>")
 
 
-def _markdown_table(frontier_rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    lines = [MARKDOWN_HEADER, "|" + "---|" * len(FRONTIER_TABLE)]
+def _markdown_table(frontier_rows: Sequence[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The frontier's table, after a warning when `rows` mix pretrained and random-init models."""
+    warning = weights_warning(rows)
+    lines = [f"**Warning:** {_markdown_cell(warning)}", ""] if warning else []
+    lines += [MARKDOWN_HEADER, "|" + "---|" * len(FRONTIER_TABLE)]
     for row in by_throughput(frontier_rows):
-        cells = [_markdown_cell(formatter(row.get(key))) for _, key, formatter in FRONTIER_TABLE]
-        lines.append("| " + " | ".join(cells) + " |")
+        cells = [marked_model_name(row), *(formatter(row.get(key)) for _, key, formatter in FRONTIER_TABLE[1:])]
+        lines.append("| " + " | ".join(_markdown_cell(cell) for cell in cells) + " |")
     lines.append("")
     if not frontier_rows:
         lines += ["No model is on the frontier: no completed model has every objective.", ""]
@@ -327,9 +343,10 @@ def write_markdown(frontier_rows: Sequence[Mapping[str, Any]], all_rows: Sequenc
     if groups is not None and len(groups) > 1:
         lines = []
         for group in groups:
-            lines += [f"## {_markdown_cell(str(group.dataset or MISSING))}", "", *_markdown_table(group.frontier_rows)]
+            lines += [f"## {_markdown_cell(str(group.dataset or MISSING))}", "",
+                      *_markdown_table(group.frontier_rows, group.rows)]
     else:
-        lines = _markdown_table(frontier_rows)
+        lines = _markdown_table(frontier_rows, all_rows)
     lines.append(_markdown_cell(throughput_note(all_rows)))
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -364,7 +381,7 @@ def frontier_table(frontier_rows: Sequence[Mapping[str, Any]], cost: bool = Fals
     """The article's columns, with the display name and family, the accuracy's interval and the throughput's spread."""
     records = [
         {
-            "Model": model_name(row.get("model_id")),
+            "Model": marked_model_name(row),
             "Name": display_name(row.get("model_id")) or MISSING,
             "Family": family(row),
             "Number of Parameters": format_params(row.get("num_params")),
