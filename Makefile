@@ -45,7 +45,7 @@ $(AIRFLOW_HOME_DIR)/airflow.db: | $(INSTALLED)
 # cached features at each model's own input size; without them, random init at 32 px, whole model trained.
 DEMO_CONF ?= {"epochs": 6, "speed_rounds": 3}
 demo: $(INSTALLED) $(DIGITS)/training $(AIRFLOW_HOME_DIR)/airflow.db
-	@echo "Running $(DAG_ID) with airflow dags test -c '$(DEMO_CONF)' (log: $(AIRFLOW_HOME_DIR)/demo-run.log) ..."
+	@echo 'Running $(DAG_ID) with airflow dags test -c $(DEMO_CONF) (log: $(AIRFLOW_HOME_DIR)/demo-run.log) ...'
 	@$(BIN)/airflow dags test $(DAG_ID) -c '$(DEMO_CONF)' > $(AIRFLOW_HOME_DIR)/demo-run.log 2>&1 \
 		|| { tail -n 60 $(AIRFLOW_HOME_DIR)/demo-run.log; exit 1; }
 	@grep -q "DagRun Finished:.*state=success" $(AIRFLOW_HOME_DIR)/demo-run.log || { tail -n 60 $(AIRFLOW_HOME_DIR)/demo-run.log; exit 1; }
