@@ -117,18 +117,17 @@ def screen_task(ti: Any, launches: list[dict[str, Any]], run_id: str) -> list[di
     store = ResultsStore(study["results_uri"], conn_id=study["aws_conn_id"])
     if screened_out:
         store.append(screened_out, run_id=run_id, batch="screened")
-    trials = len(study["learning_rate_multipliers"])
+    saved = training_jobs_saved(len(candidates), len(ranked), len(study["learning_rate_multipliers"]))
+    seconds = sum(result["seconds"] for result in results.values())
     store.write_record("screen", study["dataset"]["name"], study["config_hash"], run_id, {
         "score": settings.score, "keep_top": settings.keep_top, "kept": ranked, "screened_out": below + failed,
         "candidates": {model_id: {**result, "trainer_model_id": by_id[model_id]["spec"]["static_hyperparameters"]["model_id"]}
                        for model_id, result in results.items()},
-        "seconds": sum(result["seconds"] for result in results.values()),
-        "images": sum(result.get("images") or 0 for result in results.values()),
-        "training_jobs_saved": training_jobs_saved(len(candidates), len(ranked), trials),
+        "seconds": seconds, "images": sum(result.get("images") or 0 for result in results.values()),
+        "training_jobs_saved": saved,
     })
     log.info("screen by %s score: fine-tuning %s; screened out %s (%d training jobs saved); %.1f s",
-             settings.score, ", ".join(ranked) or "none", ", ".join(below + failed) or "none",
-             training_jobs_saved(len(candidates), len(ranked), trials), sum(r["seconds"] for r in results.values()))
+             settings.score, ", ".join(ranked) or "none", ", ".join(below + failed) or "none", saved, seconds)
     return kept
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from model_selection.frontier import COMPLETED
 from model_selection.local.data import LabelledImages, class_folders, decode_problem
 from model_selection.local.evaluation import Task, synchronize
 from model_selection.local.hyperparameters import Hyperparameters, parse_hyperparameters
@@ -45,7 +46,6 @@ from model_selection.local.train import environment, resolve_device
 
 LOG = logging.getLogger(__name__)
 
-COMPLETED = "Completed"
 DEFAULT_ROUNDS = 7
 DEFAULT_ROUND_SECONDS = 0.5  # per regime, per model, per round
 DEFAULT_WARM_UP_PASSES = 3

@@ -24,6 +24,7 @@ from model_selection.frontier import COMPLETED, DEFAULT_OBJECTIVES, Objective, a
 from model_selection import cost, recommendation as ranking
 from model_selection.names import display_name
 from model_selection.names import row_family as family
+from model_selection.results import SCREENED_OUT
 from model_selection.report.plot import CURVE_KEYS, curves_data_uri, has_curves
 from model_selection.report.table import (
     MISSING,
@@ -54,7 +55,6 @@ RUN_COLUMNS = (
 # Figures about how a model ran, not what it scored: shown in their own table, not as metrics.
 NOT_METRICS = frozenset(IDENTITY_COLUMNS) | {"on_frontier", "dag_id", "map_index"} | {key for key, _ in RUN_COLUMNS} | set(CURVE_KEYS)
 FAILED_COLUMNS = ("model_id", "status", "failure_reason", "tuning_job_name", "best_training_job_name", "finished_at")
-SCREENED_OUT = "Screened out"  # results.SCREENED_OUT; the report reads rows only
 SCREEN_COLUMNS = ("model_id", "screen_rank", "screen_score_name", "screen_score", "screen_knn", "screen_linear",
                   "screen_logme", "screen_combined", "screen_seconds", "screen_weights", "failure_reason")
 
