@@ -202,7 +202,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         data = write_digits(Path(work) / "digits")
         channels = Channels(data / "training", data / "validation", data / "test")
-        base = {"model_id": arguments.model, "pretrained": "false", "image_size": arguments.image_size}
+        # Random weights cost the same compute as real ones, and these are timings: the top layer on a
+        # random backbone is forced, since the trainer refuses it otherwise (it learns nothing useful).
+        base = {"model_id": arguments.model, "pretrained": "false", "image_size": arguments.image_size,
+                "force_top_layer_on_random_weights": "True"}
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, digits data set (1,797 images)")
         if "a" in arguments.only:
             ratio, run, forward = top_layer_ratio(channels, base, Path(work))

@@ -50,6 +50,12 @@ PARAMS = {
                     "image_size auto: the pretrained weights' own input size (a JumpStart id's from its map), "
                     "32 px from random weights; a number sets it for every model.",
     ),
+    "allow_approximate_twins": Param(
+        False, type="boolean",
+        description="Local backend: also run JumpStart ids whose timm twin is only approximate (same architecture, but "
+                    "another resolution, pretraining data or weights; include/model_maps). Off: such an id given in "
+                    "model_ids is a plan problem, and a model_list leaves it out with a warning. Rows say each twin's "
+                    "kind (twin_kind)."),
     "screen": Param(None, type=["null", "object"],
                     description='Local backend: score every candidate cheaply first and fine-tune only the best, e.g. '
                                 '{"keep_top": 5, "score": "knn"} (score: knn, linear, logme or combined). '

@@ -25,6 +25,9 @@ def airflow_environment(home: Path, jobs_root: Path, results: Path) -> dict[str,
         "HF_HUB_OFFLINE": "1",
         "MODEL_SELECTION_LOCAL_JOBS_ROOT": str(jobs_root),
         "MODEL_SELECTION_RESULTS_URI": str(results),
+        # every SageMaker request Airflow's processes check against the service model, one JSON line each
+        # (model_selection.backends.api.CHECKED_REQUESTS_LOG): a test reads what those processes checked
+        "MODEL_SELECTION_CHECKED_REQUESTS": str(home / "checked-requests.jsonl"),
     }
 
 
@@ -47,7 +50,7 @@ def dags_test_command(conf: dict) -> list[str]:
     return [AIRFLOW, "dags", "test", DAG_ID, "-c", json.dumps(conf)]
 
 
-def dags_test(environment: dict[str, str], conf: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+def dags_test(environment: dict[str, str], conf: dict, timeout: int = 1200) -> subprocess.CompletedProcess:
     return subprocess.run(dags_test_command(conf), env=environment, capture_output=True, text=True, timeout=timeout)
 
 

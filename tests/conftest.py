@@ -125,7 +125,7 @@ def sagemaker_contract(monkeypatch):
         pytest.fail("\n".join(contract.violations), pytrace=False)
 
 
-def run_trainer(arguments: list[str], env: dict[str, str] | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_trainer(arguments: list[str], env: dict[str, str] | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     """The trainer as SageMaker or the local backend runs it: a separate process."""
     environment = {**os.environ, "PYTHONPATH": str(PLUGINS), "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(
@@ -147,3 +147,16 @@ def pytest_terminal_summary(terminalreporter) -> None:
     terminalreporter.section("reliability: per fault, models / faults injected / completed / duplicate launches / results lost")
     for row in [dict(zip(columns, columns)), *figures]:
         terminalreporter.write_line(" | ".join(str(row.get(c, "")).ljust(w) for c, w in zip(columns, widths)))
+
+
+# Module-scoped fixtures that are expensive to make (a running Airflow, trained models, converted
+# weights) or that carry state from one test to the next (a study killed mid-run).
+SHARED_MODULE_FIXTURES = frozenset({"airflow", "finished_run", "killed_study", "study", "feature_sets", "lite0"})
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """`make test` spreads tests over pytest-xdist workers (`--dist loadgroup`); the tests of a module
+    that share one of its expensive fixtures stay together in one worker, in file order."""
+    for item in items:
+        if SHARED_MODULE_FIXTURES.intersection(item.fixturenames):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

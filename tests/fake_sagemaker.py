@@ -7,12 +7,19 @@ jobs start InProgress, and a driver thread ends each one after `run_seconds` by 
 its training jobs through the API and filling their FinalMetricDataList exactly as
 SageMaker does, by applying the request's metric regexes to a training log written in
 the JumpStart script's format.
+
+Faults are answered by the server itself, as SageMaker answers them on the wire, so they reach
+the clients of every process (real Airflow): `ServerThrottle` (ThrottlingException, every other
+call or in bursts per job), `ServerQuota` (ResourceLimitExceeded past the account's training-instance
+quota, counted from moto's own jobs), `ServerDeny` (AccessDeniedException for named jobs) and
+`ServerStop` (StopHyperParameterTuningJob, which moto's server lacks).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import threading
 import time
@@ -59,11 +66,20 @@ def jumpstart_log(model_id: str, learning_rate: float) -> str:
 class FakeSageMaker:
     def __init__(self, run_seconds: float = 1.0, failing: tuple[str, ...] = (), missing_metrics: tuple[str, ...] = (),
                  stopped_in_console: tuple[str, ...] = (), run_seconds_by_model: dict[str, float] | None = None,
-                 server_throttle: tuple[str, ...] = ()):
-        # Throttling answered by the server itself, so it reaches clients in any process (real Airflow).
-        self.server_throttle = ServerThrottle(server_throttle)
-        self.server = ThrottlingMotoServer(self.server_throttle, ip_address="127.0.0.1", port=0, verbose=False)
+                 server_throttle: tuple[str, ...] = (), throttle_burst: int = 0,
+                 quota_jobs: int | None = None, denied: tuple[str, ...] = (), retries: dict | None = None):
+        # Every fault is answered by the server itself, so it reaches clients in any process (real Airflow):
+        # throttling, the account's training-instance quota (`quota_jobs` tuning jobs' worth), describes
+        # refused to the jobs whose names start with one of `denied`, and StopHyperParameterTuningJob
+        # (which moto's server does not implement).
+        self.server_throttle = ServerThrottle(server_throttle, burst=throttle_burst)
+        self.quota = ServerQuota(self, quota_jobs)
+        self.deny = ServerDeny(denied)
+        self.stops = ServerStop(self)
+        self.server = ThrottlingMotoServer(self.server_throttle, ip_address="127.0.0.1", port=0, verbose=False,
+                                           middlewares=(self.stops, self.deny, self.quota))
         self.server.start()
+        self.retries = retries  # the connection's botocore retry config, when a test sets one
         host, port = self.server.get_host_and_port()
         self.endpoint = f"http://{host}:{port}"
         urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST"))  # moto keeps state per process
@@ -72,6 +88,7 @@ class FakeSageMaker:
         self.failing = failing
         self.missing_metrics = missing_metrics  # left out of FinalMetricDataList: only the log has them
         self.started: dict[str, float] = {}
+        self.calls: Counter = Counter()  # (operation, job or listing filter) -> requests past the throttle
         self.stop_requested: set[str] = set()
         self.finish_requested: set[str] = set()
         self.stopped_in_console = stopped_in_console  # model ids whose jobs someone stops as soon as they run
@@ -83,8 +100,10 @@ class FakeSageMaker:
     # -- set-up ------------------------------------------------------------------------------------
     def connection(self) -> str:
         """The Airflow AWS connection (as AIRFLOW_CONN_AWS_DEFAULT) that reaches this endpoint."""
-        return json.dumps({"conn_type": "aws", "login": "testing", "password": "testing",
-                           "extra": {"region_name": REGION, "endpoint_url": self.endpoint}})
+        extra: dict[str, Any] = {"region_name": REGION, "endpoint_url": self.endpoint}
+        if self.retries:
+            extra["config_kwargs"] = {"retries": self.retries}
+        return json.dumps({"conn_type": "aws", "login": "testing", "password": "testing", "extra": extra})
 
     def client(self, service: str) -> Any:
         return boto3.client(service, region_name=REGION, endpoint_url=self.endpoint,
@@ -123,7 +142,8 @@ class FakeSageMaker:
 
     # -- what a test does to jobs ----------------------------------------------------------------
     def in_flight(self) -> int:
-        return sum(job.hyper_parameter_tuning_job_status == "InProgress"
+        """Tuning jobs that hold training instances: InProgress or Stopping, as moto's state has them."""
+        return sum(job.hyper_parameter_tuning_job_status in ("InProgress", "Stopping")
                    for job in list(self.backend.hyper_parameter_tuning_jobs.values()))
 
     def stop_from_console(self, name: str) -> None:
@@ -138,6 +158,9 @@ class FakeSageMaker:
     def _drive(self) -> None:
         while not self._stop.is_set():
             for name, job in list(self.backend.hyper_parameter_tuning_jobs.items()):
+                if job.hyper_parameter_tuning_job_status == "Stopping":  # StopHyperParameterTuningJob was called
+                    self._end(job, "Stopped")
+                    continue
                 if job.hyper_parameter_tuning_job_status != "InProgress":
                     continue
                 self.started.setdefault(name, time.monotonic())
@@ -242,48 +265,188 @@ def serving(tmp_path: Path, monkeypatch: Any, models: list[str], **options: Any)
         service.close()
 
 
-class ServerThrottle:
-    """WSGI middleware: answers ThrottlingException to every other call of the given SageMaker operations,
-    exactly as the service does on the wire (HTTP 400, JSON `__type`), before moto sees the request."""
+def _error(start_response: Any, code: str, message: str, status: str = "400 Bad Request") -> list[bytes]:
+    """An error as SageMaker sends it on the wire: JSON `__type` and `message`, and the error type header."""
+    body = json.dumps({"__type": code, "message": message}).encode()
+    start_response(status, [("Content-Type", "application/x-amz-json-1.1"), ("Content-Length", str(len(body))),
+                            ("x-amzn-ErrorType", code)])
+    return [body]
 
-    def __init__(self, operations: tuple[str, ...]):
+
+def _sagemaker_call(environ: dict) -> tuple[str | None, dict]:
+    """(operation, request body) of a SageMaker call; the body is put back for moto to read."""
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if not target.startswith("SageMaker."):
+        return None, {}
+    raw = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    environ["wsgi.input"] = io.BytesIO(raw)
+    try:
+        return target.rsplit(".", 1)[-1], json.loads(raw or b"{}")
+    except ValueError:
+        return target.rsplit(".", 1)[-1], {}
+
+
+def _subject(request: dict) -> str:
+    """The job (or, for a listing, the name filter) a SageMaker request is about."""
+    return str(request.get("HyperParameterTuningJobName") or request.get("TrainingJobName")
+               or request.get("NameContains") or "")
+
+
+class ServerThrottle:
+    """WSGI middleware: answers ThrottlingException to calls of the given SageMaker operations, exactly as the
+    service does on the wire (HTTP 400, JSON `__type`), before moto sees the request.
+
+    `burst=0`: every other call of each operation. `burst=k`: for each operation and job (or listing
+    filter), the first k of every k+1 requests, so a client whose retry budget is at most k attempts
+    per call sees the throttle itself (a burst that outlasts botocore's retries)."""
+
+    def __init__(self, operations: tuple[str, ...], burst: int = 0):
         self.operations = operations
+        self.burst = burst
         self.calls: Counter = Counter()
         self.throttled: Counter = Counter()
         self._lock = threading.Lock()
 
     def wrap(self, app: Any) -> Any:
         def throttling(environ: dict, start_response: Any) -> Any:
-            target = environ.get("HTTP_X_AMZ_TARGET", "")
-            operation = target.rsplit(".", 1)[-1] if target.startswith("SageMaker.") else None
+            operation, request = _sagemaker_call(environ)
             if operation in self.operations:
+                key = (operation, _subject(request)) if self.burst else (operation, "")
                 with self._lock:
-                    self.calls[operation] += 1
-                    throttle = self.calls[operation] % 2 == 1
+                    self.calls[key] += 1
+                    period = self.burst + 1 if self.burst else 2
+                    throttle = self.calls[key] % period != 0
                     self.throttled[operation] += throttle
                 if throttle:
-                    environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
-                    body = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"}).encode()
-                    start_response("400 Bad Request", [("Content-Type", "application/x-amz-json-1.1"),
-                                                       ("Content-Length", str(len(body)))])
-                    return [body]
+                    return _error(start_response, "ThrottlingException", "Rate exceeded")
             return app(environ, start_response)
 
         return throttling
 
 
-class ThrottlingMotoServer(ThreadedMotoServer):
-    """moto's threaded server with `ServerThrottle` in front of its application."""
+class ServerQuota:
+    """WSGI middleware: the account's quota of training instances, as SageMaker keeps it.
 
-    def __init__(self, throttle: ServerThrottle, **kwargs: Any):
+    A tuning job holds MaxParallelTrainingJobs x InstanceCount instances of its type while InProgress or
+    Stopping. CreateHyperParameterTuningJob is refused with HTTP 400 `ResourceLimitExceeded` and the
+    service's message when the jobs in flight (moto's own state, whichever process created them) and the
+    new one would exceed `jobs` tuning jobs' worth. The count and the create happen under one lock, as the
+    service admits one request at a time against its count."""
+
+    def __init__(self, fake: FakeSageMaker, jobs: int | None):
+        self.fake = fake
+        self.jobs = jobs
+        self.refused = 0
+        self.created = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def instances(definition: dict, config: dict) -> int:
+        return int(config["ResourceLimits"]["MaxParallelTrainingJobs"]) * int(
+            definition["ResourceConfig"].get("InstanceCount", 1))
+
+    def wrap(self, app: Any) -> Any:
+        def quota(environ: dict, start_response: Any) -> Any:
+            operation, request = _sagemaker_call(environ)
+            if operation != "CreateHyperParameterTuningJob" or self.jobs is None:
+                return app(environ, start_response)
+            definition = request["TrainingJobDefinition"]
+            delta = self.instances(definition, request["HyperParameterTuningJobConfig"])
+            instance_type = definition["ResourceConfig"]["InstanceType"]
+            with self._lock:
+                used = sum(self.instances(job.training_job_definition, job.hyper_parameter_tuning_job_config)
+                           for job in list(self.fake.backend.hyper_parameter_tuning_jobs.values())
+                           if job.hyper_parameter_tuning_job_status in ("InProgress", "Stopping"))
+                limit = self.jobs * delta
+                if used + delta > limit:
+                    self.refused += 1
+                    return _error(start_response, "ResourceLimitExceeded", (
+                        f"The account-level service limit '{instance_type} for training job usage' is {limit} "
+                        f"Instances, with current utilization of {used} Instances and a request delta of {delta} "
+                        "Instances. Please use AWS Service Quotas to request an increase for this quota."))
+                answer = list(app(environ, start_response))  # created before the lock is let go
+                self.created += 1
+                return answer
+
+        return quota
+
+
+class ServerDeny:
+    """WSGI middleware: AccessDeniedException, as IAM answers it, to DescribeHyperParameterTuningJob and
+    DescribeTrainingJob of the jobs whose names start with one of `prefixes` (`active` turns it on and off)."""
+
+    OPERATIONS = ("DescribeHyperParameterTuningJob", "DescribeTrainingJob")
+
+    def __init__(self, prefixes: tuple[str, ...] = (), operations: tuple[str, ...] = OPERATIONS):
+        self.prefixes = tuple(prefixes)
+        self.operations = operations
+        self.denied: Counter = Counter()
+
+    def wrap(self, app: Any) -> Any:
+        def deny(environ: dict, start_response: Any) -> Any:
+            operation, request = _sagemaker_call(environ)
+            name = _subject(request)
+            if operation in self.operations and self.prefixes and name.startswith(self.prefixes):
+                self.denied[operation] += 1
+                kind = "hyper-parameter-tuning-job" if "Tuning" in operation else "training-job"
+                return _error(start_response, "AccessDeniedException", (
+                    f"User: arn:aws:sts::{ACCOUNT}:assumed-role/airflow-worker/botocore-session is not authorized "
+                    f"to perform: sagemaker:{operation} on resource: arn:aws:sagemaker:{REGION}:{ACCOUNT}:{kind}/"
+                    f"{name.lower()} with an explicit deny in an identity-based policy"))
+            return app(environ, start_response)
+
+        return deny
+
+
+class ServerStop:
+    """WSGI middleware: StopHyperParameterTuningJob, which moto's server does not implement, as SageMaker
+    answers it: an InProgress job turns Stopping (the driver then ends it Stopped) and the answer is empty;
+    a job in another status is a ValidationException, an unknown name ResourceNotFound."""
+
+    def __init__(self, fake: FakeSageMaker):
+        self.fake = fake
+        self.stopped: list[str] = []
+
+    def wrap(self, app: Any) -> Any:
+        def stop(environ: dict, start_response: Any) -> Any:
+            operation, request = _sagemaker_call(environ)
+            if operation:
+                self.fake.calls[(operation, _subject(request))] += 1  # every SageMaker request moto answers
+            if operation != "StopHyperParameterTuningJob":
+                return app(environ, start_response)
+            name = request.get("HyperParameterTuningJobName", "")
+            job = self.fake.backend.hyper_parameter_tuning_jobs.get(name)
+            if job is None:
+                return _error(start_response, "ResourceNotFound", f"Amazon SageMaker can't find a tuning job with "
+                                                                  f"name {name}")
+            status = job.hyper_parameter_tuning_job_status
+            if status != "InProgress":
+                return _error(start_response, "ValidationException",
+                              f"The request was rejected because the tuning job is in status {status}.")
+            job.hyper_parameter_tuning_job_status = "Stopping"
+            self.stopped.append(name)
+            start_response("200 OK", [("Content-Type", "application/x-amz-json-1.1"), ("Content-Length", "2")])
+            return [b"{}"]
+
+        return stop
+
+
+class ThrottlingMotoServer(ThreadedMotoServer):
+    """moto's threaded server with `ServerThrottle` (and the other middlewares) in front of its application."""
+
+    def __init__(self, throttle: ServerThrottle, middlewares: tuple[Any, ...] = (), **kwargs: Any):
         super().__init__(**kwargs)
         self.throttle = throttle
+        self.middlewares = middlewares  # innermost first; the throttle answers before any of them
 
     def _server_entry(self) -> None:
         from moto.server import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
         from werkzeug.serving import make_server
 
-        app = self.throttle.wrap(DomainDispatcherApplication(create_backend_app))
+        app = DomainDispatcherApplication(create_backend_app)
+        for middleware in self.middlewares:
+            app = middleware.wrap(app)
+        app = self.throttle.wrap(app)
         self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
         self._server_ready_event.set()
         self._server.serve_forever()

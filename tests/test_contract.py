@@ -16,7 +16,13 @@ import torch
 from botocore.exceptions import ClientError
 from conftest import TINY_MODEL, run_trainer
 
-from model_selection.backends.api import _service_model, compiled_pattern, request_problems, validate_request
+from model_selection.backends.api import (
+    RequestRefused,
+    _service_model,
+    compiled_pattern,
+    request_problems,
+    validate_request,
+)
 from model_selection.metrics import (
     BINARY_METRICS,
     SUMMARY_METRIC_PATTERNS,
@@ -208,6 +214,26 @@ def test_other_operations_are_checked_too():
         "MaxResults: 101, at most 100 allowed",
         "StatusEquals: 'Done' is not one of Completed, InProgress, Failed, Stopped, Stopping, Deleting, DeleteFailed",
     ]
+
+
+def test_the_local_hook_holds_every_operation_to_the_model_too(tmp_path):
+    """The local backend's hook runs the SageMaker hook's check on every operation (file:// URIs allowed)."""
+    from model_selection.hooks import LocalTuningJobHook
+
+    hook = LocalTuningJobHook(str(tmp_path / "jobs"))
+    name = "HyperParameterTuningJobName: 'bad_name' does not match the pattern"
+    for operation, call, problem in [
+        (CREATE, lambda: hook.create_or_attach(tuning_request("x" * 33)), "33 characters, at most 32 allowed"),
+        ("DescribeHyperParameterTuningJob", lambda: hook.describe("bad_name"), name),
+        ("StopHyperParameterTuningJob", lambda: hook.stop("bad_name"), name),
+        ("ListHyperParameterTuningJobs", lambda: hook.count_in_flight("bad_prefix"), "NameContains: 'bad_prefix'"),
+        ("DescribeTrainingJob", lambda: hook.describe_training_job("a" * 64), "64 characters, at most 63 allowed"),
+    ]:
+        with pytest.raises(RequestRefused, match=re.escape(f"SageMaker would refuse this {operation} request: ")) as error:
+            call()
+        assert problem in str(error.value)
+    assert hook.describe("no-such-job") is None and hook.count_in_flight("study") == 0  # well-formed: answered
+    assert hook.conn.client.store.tuning_job_names() == []  # the refused create started nothing
 
 
 def test_boto3_requests_to_the_fake_sagemaker_are_held_to_the_model(sagemaker_contract):

@@ -206,7 +206,7 @@ def test_stop_ends_stopped_and_terminates_the_trials(client, data):
 
 
 def test_trials_of_a_top_layer_job_share_one_feature_cache(client, data):
-    client.create_hyper_parameter_tuning_job(**request("shared-cache", data, static={"train_only_top_layer": "True"}))
+    client.create_hyper_parameter_tuning_job(**request("shared-cache", data, static={"train_only_top_layer": "True", "force_top_layer_on_random_weights": "True"}))
     assert wait_for(client, "shared-cache")["HyperParameterTuningJobStatus"] == "Completed"
     trials = client.list_training_jobs_for_hyper_parameter_tuning_job(HyperParameterTuningJobName="shared-cache")
     sources = sorted(

@@ -1,15 +1,14 @@
 """Faults injected into whole studies, with the figures.
 
-On the SageMaker backend (moto's endpoint), each scenario launches every model through
-the launch operator (re-running it when it defers, as Airflow would), waits with the
-sensor's trigger and collects the rows into a results store; one scenario runs the DAG
-itself with real `airflow dags test` against that endpoint. The results store is written
-by real processes, one of them SIGKILLed mid-write. On the local backend, real
-`airflow dags test` runs are killed and re-run, with credentials in their environment
-that must show up nowhere, and a deferred wait is cancelled as the triggerer does on a
-user's action. Each records: models, faults injected, models completed, duplicate
-launches, results lost. `make reliability` prints the table (pytest's terminal
-summary).
+On the SageMaker backend, the throttling, quota, unreadable-job and kill-while-poking scenarios
+and one launch failing for good run the DAG with real `airflow dags test` (each study in its own
+process and Airflow home) against moto's server, whose answers carry every fault
+(tests/fake_sagemaker.py); a few older scenarios still run the launch operator (re-run when it
+defers), the sensor's trigger and collection in this process. The results store is written by
+real processes, one of them SIGKILLed mid-write. On the local backend, real `airflow dags test`
+runs are killed and re-run, with credentials in their environment that must show up nowhere.
+Each records: models, faults injected, models completed, duplicate launches, results lost.
+`make reliability` prints the table (pytest's terminal summary).
 """
 
 from __future__ import annotations
@@ -20,12 +19,12 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
 import sqlite3
 import string
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -35,7 +34,6 @@ from typing import TypeVar
 
 import psutil
 import pytest
-from airflow.jobs.triggerer_job_runner import _ON_CANCEL_TIMEOUT, _USER_ACTION_CANCEL_MSG
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
 from airflow_env import DAG_ID, airflow_environment, dags_test, dags_test_process, migrate, run_succeeded
 from botocore.awsrequest import AWSResponse
@@ -120,98 +118,9 @@ def run_study(tmp_path: Path, models: list[str], max_concurrent: int = 100) -> d
             "deferrals": sum(deferrals.values()), "deferred": deferrals}
 
 
-@contextlib.contextmanager
-def peak_in_flight(fake, every: float = 0.02):
-    """The most tuning jobs InProgress in moto at once while the block runs (a one-item list)."""
-    peak, done = [0], threading.Event()
-
-    def watch():
-        while not done.is_set():
-            peak[0] = max(peak[0], fake.in_flight())
-            time.sleep(every)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        yield peak
-    finally:
-        done.set()
-        watcher.join()
-
-
 def duplicates(fake, models: list[str]) -> int:
     """Tuning jobs created beyond one per model (moto keeps every job it created)."""
     return len(fake.backend.hyper_parameter_tuning_jobs) - len(models)
-
-
-THROTTLED_OPERATIONS = ("CreateHyperParameterTuningJob", "DescribeHyperParameterTuningJob",
-                        "ListHyperParameterTuningJobs", "DescribeTrainingJob")
-
-
-def test_throttling_of_every_other_sagemaker_call_in_real_airflow(tmp_path, monkeypatch,
-                                                                                   migrated_database):
-    """Real `airflow dags test` of 8 curated models against moto, whose server answers
-    ThrottlingException to every other create, describe and list call (the service's wire answer, so
-    it reaches the tasks' own clients): every lane completes, no job is launched twice, no row is lost."""
-    models = CURATED[:8]  # 21 take about 5 minutes here: every task is its own process with its own client
-    with serving(tmp_path, monkeypatch, models, run_seconds=0.5, server_throttle=THROTTLED_OPERATIONS) as fake:
-        environment = airflow_environment(airflow_home(tmp_path / "home", migrated_database), tmp_path / "jobs",
-                                          tmp_path / "results")
-        started = time.monotonic()
-        run = dags_test(environment, study_params(tmp_path, models), timeout=600)
-        states = task_states(tmp_path / "home" / "airflow.db")
-        rows = ResultsStore(str(tmp_path / "results")).read_latest(dataset="pets")
-        throttled = fake.server_throttle.throttled
-        completed = sum(row["status"] == "Completed" for row in rows)
-        record(f"throttling of every other create, describe and list (real Airflow, {time.monotonic() - started:.0f} s)",
-               models=len(models), faults=sum(throttled.values()), completed=completed,
-               duplicates=duplicates(fake, models), lost=len(models) - len(rows))
-        assert completed == len(models), (run.stdout + run.stderr)[-4000:]
-        assert duplicates(fake, models) == 0 and len(rows) == len(models)
-        assert {state for (task, _), state in states.items() if task.startswith("lane.")} == {"success"}
-        assert throttled["CreateHyperParameterTuningJob"] >= 4 and throttled["DescribeHyperParameterTuningJob"] >= 4
-
-
-def test_the_operator_keeps_the_study_to_its_cap_where_the_service_allows_more(tmp_path, monkeypatch):
-    """max_concurrent_tuning_jobs=3 over 8 models, against a service that refuses nothing: only the
-    launch operator's own count of the study's jobs in flight can hold the fourth back."""
-    models = CURATED[:8]
-    with serving(tmp_path, monkeypatch, models, run_seconds=2.0) as fake:  # three launches take well under 2 s
-        with peak_in_flight(fake) as peak:
-            study = run_study(tmp_path, models, max_concurrent=3)
-        completed = sum(event["outcome"] == "success" for event in study["events"])
-        held = len(study["deferred"])  # launches that found the study at its cap, at least once
-        record(f"in-flight cap of 3, kept by the operator (service allows more; peak {peak[0]})", models=len(models),
-               faults=held, completed=completed, duplicates=duplicates(fake, models),
-               lost=len(models) - len(study["rows"]))
-        assert peak[0] == 3, f"{peak[0]} tuning jobs were in flight at once; the study's cap is 3"
-        assert held >= 1 and not set(study["deferred"]) & set(models[:3])  # the fourth, at least, was held
-        assert completed == len(models) and duplicates(fake, models) == 0 and len(study["rows"]) == len(models)
-
-
-def test_resource_limit_exceeded_beyond_three_jobs_in_flight(tmp_path, monkeypatch, hooked):
-    """The service's own answer (ResourceLimitExceeded past 3 in flight; the study's cap is 100): the
-    operator backs off and launches each model once, when the service accepts it."""
-    models = CURATED[:8]
-    with serving(tmp_path, monkeypatch, models, run_seconds=3.0) as fake:
-        refused = []
-
-        def quota(request, event_name: str, **kwargs):
-            if event_name.endswith("CreateHyperParameterTuningJob") and fake.in_flight() >= 3:
-                refused.append(1)
-                body = json.dumps({"__type": "ResourceLimitExceeded", "message": "limit of 3 tuning jobs"}).encode()
-                return AWSResponse(request.url, 400, {}, _Raw(body))
-            return None
-
-        hooked.append(quota)
-        with peak_in_flight(fake) as peak:
-            study = run_study(tmp_path, models)
-        completed = sum(event["outcome"] == "success" for event in study["events"])
-        record("quota: the service answers ResourceLimitExceeded past 3 in flight", models=len(models),
-               faults=len(refused), completed=completed, duplicates=duplicates(fake, models),
-               lost=len(models) - len(study["rows"]))
-        assert completed == len(models) and duplicates(fake, models) == 0 and len(refused) >= 2
-        assert peak[0] <= 3
 
 
 def test_a_failing_and_a_stopped_model_do_not_stop_the_others(tmp_path, monkeypatch):
@@ -598,7 +507,7 @@ def killed_study(tmp_path_factory, migrated_database) -> KilledStudy:
         return (states, training) if supervised and training else None
 
     try:
-        states, training = wait_for(every_job_supervised_and_one_training, 180, "every model's tuning job to run")
+        states, training = wait_for(every_job_supervised_and_one_training, 600, "every model's tuning job to run")
         os.killpg(airflow.pid, signal.SIGKILL)
         killed_at = dt.datetime.now(dt.timezone.utc)
     finally:
@@ -614,8 +523,8 @@ def killed_study(tmp_path_factory, migrated_database) -> KilledStudy:
         return described if all(d["HyperParameterTuningJobStatus"] not in ("InProgress", "Stopping")
                                 for d in described.values()) else None
 
-    ended = wait_for(every_job_ended, 240, "the tuning jobs to end with Airflow gone", poll=1.0)
-    rerun = dags_test(environment, conf, timeout=400)
+    ended = wait_for(every_job_ended, 900, "the tuning jobs to end with Airflow gone", poll=1.0)
+    rerun = dags_test(environment, conf, timeout=900)
     (root / "output" / "rerun.log").write_text(rerun.stdout + rerun.stderr)
     return KilledStudy(
         root=root, models=KILLED_STUDY_MODELS, canaries=canaries, killed_returncode=airflow.returncode,
@@ -728,7 +637,7 @@ def test_one_launch_failing_for_good_among_six_fails_no_other_lane(tmp_path, mon
         environment = airflow_environment(airflow_home(tmp_path / "home", migrated_database), tmp_path / "jobs",
                                           tmp_path / "results")
         started = time.monotonic()
-        run = dags_test(environment, conf, timeout=300)
+        run = dags_test(environment, conf, timeout=900)
         output = run.stdout + run.stderr
         states = task_states(tmp_path / "home" / "airflow.db")
         rows = {row["model_id"]: row for row in ResultsStore(str(tmp_path / "results")).read_latest(dataset="pets")}
@@ -746,88 +655,302 @@ def test_one_launch_failing_for_good_among_six_fails_no_other_lane(tmp_path, mon
         assert states[("lane.launch", victim_index)] == "failed", f"it attached to another model's job: {states}"
         assert "was not launched with this model and configuration" in output
         assert states[("lane.wait", victim_index)] == "upstream_failed"
-        assert rows[victim["model_id"]]["status"] != "Completed", rows[victim["model_id"]]
+        # its row says it was never launched, and why: the name belongs to a job of another request
+        assert rows[victim["model_id"]]["status"] == "NotLaunched", rows[victim["model_id"]]
+        assert "was not launched with this model and configuration" in rows[victim["model_id"]]["failure_reason"]
         assert completed == 5
 
 
-# -- A deferred wait killed by the user, on the local backend (moto cannot stop a tuning job) -----
+# -- Real Airflow against moto's server: throttling, the account's quota, an unreadable job, a kill --------
+#
+# Every fault below is the server's own answer (tests/fake_sagemaker.py: ServerThrottle, ServerQuota,
+# ServerDeny, ServerStop), so it reaches the clients of every process: each study is a real
+# `airflow dags test` in its own process and Airflow home. The lanes' waits are shortened with Airflow's
+# own cluster-policy hook (`task_policy` in the home's config/airflow_local_settings.py, as a deployment
+# sets its tasks' timings): seconds instead of the DAG's minutes; nothing else of the DAG changes.
+
+POLICY = '''"""This Airflow home's cluster policy: operator settings per task id, from MODEL_SELECTION_TEST_LANES."""
+import json
+import os
 
 
-async def run_like_the_triggerer(trigger: TuningJobTrigger) -> dict | None:
-    """TriggerRunner.run_trigger's handling of a cancellation (airflow/jobs/triggerer_job_runner.py):
-    cancelled with the user-action message (mark failed, clear), it awaits `on_kill()` within the
-    triggerer's on_kill timeout and re-raises; `cleanup()` always runs."""
+def task_policy(task):
+    for name, value in json.loads(os.environ.get("MODEL_SELECTION_TEST_LANES", "{}")).get(task.task_id, {}).items():
+        partial = getattr(task, "partial_kwargs", None)  # a mapped operator keeps its arguments there
+        if partial is not None:
+            partial[name] = value
+        else:
+            setattr(task, name, value)
+'''
+FAST_LANES = {"lane.launch": {"wait_seconds": 1, "max_wait_seconds": 2, "capacity_check_seconds": 1},
+              "lane.wait": {"poke_interval": 1}}
+POKING_LANES = {**FAST_LANES, "lane.wait": {"poke_interval": 1, "deferrable": False}}
+
+
+def sagemaker_home(root: Path, migrated_database: Path, lanes: dict = FAST_LANES) -> dict[str, str]:
+    """The environment of an `airflow dags test` with its own home (a copy of the migrated database), its own
+    results store and the lanes' settings for the cluster policy."""
+    home = airflow_home(root / "home", migrated_database)
+    (home / "config").mkdir()
+    (home / "config" / "airflow_local_settings.py").write_text(POLICY)
+    return {**airflow_environment(home, root / "jobs", root / "results"), "MODEL_SELECTION_TEST_LANES": json.dumps(lanes)}
+
+
+def study_conf(root: Path, models: list[str], dataset: str = "pets", max_concurrent: int = 100) -> dict:
+    """A study of `dataset` (its name makes its job names) over the data set in moto's S3, results under root."""
+    return {**study_params(root, models, max_concurrent),
+            "dataset": {"name": dataset, "training": "s3://study-data/pets/training"}}
+
+
+def run_at_once(runs: dict[str, tuple[dict[str, str], dict]], root: Path, timeout: float = 600,
+                watch: Callable[[], None] | None = None, during: Callable[[dict], None] | None = None) -> dict[str, str]:
+    """`airflow dags test` of each (environment, conf), all started at once, each in its own process group;
+    `watch()` is called every 20 ms and `during(processes)` every 0.2 s until every one has exited; their outputs."""
+    (root / "output").mkdir(parents=True, exist_ok=True)
+    processes = {name: dags_test_process(environment, conf, root / "output" / f"{name}.log")
+                 for name, (environment, conf) in runs.items()}
+    deadline, last = time.monotonic() + timeout, 0.0
     try:
-        async for event in trigger.run():
-            return event.payload
-        return None
-    except asyncio.CancelledError as cancelled:
-        if cancelled.args and cancelled.args[0] == _USER_ACTION_CANCEL_MSG:
-            try:
-                await asyncio.wait_for(trigger.on_kill(), timeout=_ON_CANCEL_TIMEOUT)
-            except TimeoutError:
-                pass
-            except asyncio.CancelledError:
-                pass
-        raise
-    finally:
-        with contextlib.suppress(Exception):
-            await trigger.cleanup()
-
-
-def test_a_deferred_wait_killed_by_the_user_stops_its_job(tmp_path, monkeypatch):
-    """Two models' waits deferred in one event loop, as in the triggerer; the user kills one while its
-    trainer runs (the triggerer cancels its trigger with the user-action message): its tuning job and
-    trainer end Stopped, and the other model's wait and job go on to Completed."""
-    for channel, seed in (("training", 1), ("validation", 2)):
-        write_image_folders(tmp_path / "data" / channel, classes=3, per_class=8 if channel == "training" else 4,
-                            seed=seed)
-    monkeypatch.setenv("MODEL_SELECTION_LOCAL_JOBS_ROOT", str(tmp_path / "jobs"))
-    params = {"backend": "local", "model_ids": ["test_resnet", "test_efficientnet"], "hyperparameters": TINY,
-              "epochs": 2, "learning_rate_multipliers": [1.0],
-              "dataset": {"name": "tiny", "training": str(tmp_path / "data" / "training"),
-                          "validation": str(tmp_path / "data" / "validation")},
-              "results_uri": str(tmp_path / "results")}
-    planned = plan_task(params, tmp_path)
-    killed, kept = planned["launches"]
-    # the killed model's job runs long (no early stop); the other's, two epochs
-    killed["spec"]["static_hyperparameters"].update(epochs="400", early_stopping_patience="400")
-    jobs, _ = launch_all(planned)
-    store, client = JobStore(tmp_path / "jobs"), LocalSageMakerClient(tmp_path / "jobs")
-
-    def training(name: str) -> list[str]:
-        return [trial for trial in store.read_state(store.tuning_dir(name))["TrainingJobNames"]
-                if store.read_state(store.training_dir(trial))["TrainingJobStatus"] == "InProgress"]
-
-    async def scenario() -> tuple[dict, list[str]]:
-        tasks = {job["model_id"]: asyncio.create_task(run_like_the_triggerer(
-            TuningJobTrigger(job["job_name"], job["hook_params"], 0.2, time.time() + 300))) for job in jobs}
-        deadline = time.monotonic() + 120
-        await asyncio.sleep(0.5)  # the triggers run (and poll) before the user acts
-        while not (trainers := training(killed["job_name"])):
+        while any(process.poll() is None for process in processes.values()):
             if time.monotonic() > deadline:
-                pytest.fail("the long job's trainer never ran while its wait was deferred")
-            await asyncio.sleep(0.2)
-        assert not tasks[killed["model_id"]].done()
-        tasks[killed["model_id"]].cancel(_USER_ACTION_CANCEL_MSG)  # TriggerRunner.cancel_triggers
-        outcomes = await asyncio.gather(*tasks.values(), return_exceptions=True)
-        return dict(zip(tasks, outcomes)), trainers
+                pytest.fail(f"airflow dags test still running after {timeout:.0f} s: "
+                            + "".join((root / "output" / f"{name}.log").read_text()[-3000:] for name in runs))
+            if watch:
+                watch()
+            if during and time.monotonic() - last >= 0.2:
+                last = time.monotonic()
+                during(processes)
+            time.sleep(0.02)
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+    return {name: (root / "output" / f"{name}.log").read_text() for name in runs}
 
-    outcomes, trainers = asyncio.run(scenario())
 
-    def ended(name: str) -> dict | None:
-        description = client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
-        return description if description["HyperParameterTuningJobStatus"] not in ("InProgress", "Stopping") else None
+def xcom_value(value) -> object:
+    """An XCom's value as the metadata database holds it (JSON text)."""
+    while isinstance(value, (str, bytes)):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value
+    return value
 
-    stopped = wait_for(lambda: ended(killed["job_name"]), 60, "the killed wait's job to end")
-    rows = collect(tmp_path, planned)
-    record("a deferred wait killed by the user: its job Stopped (local)", models=2, faults=1,
-           completed=sum(row["status"] == "Completed" for row in rows.values()),
-           duplicates=len(store.tuning_job_names()) - 2, lost=2 - len(rows))
-    assert isinstance(outcomes[killed["model_id"]], asyncio.CancelledError)
-    assert outcomes[kept["model_id"]]["outcome"] == "success"
-    assert stopped["HyperParameterTuningJobStatus"] == "Stopped"
-    assert [client.describe_training_job(TrainingJobName=trial)["TrainingJobStatus"] for trial in trainers] == \
-        ["Stopped"] * len(trainers)
-    assert rows[killed["model_id"]]["status"] == "Stopped" and rows[kept["model_id"]]["status"] == "Completed"
-    assert sorted(store.tuning_job_names()) == sorted(job["job_name"] for job in jobs)
+
+def lanes_of_run(database: Path) -> dict[int, dict[str, dict]]:
+    """Per map index, for `launch` and `wait`: the task instance's state, its map-index label as the UI shows it
+    (`task_instance.rendered_map_index`) and its XCom, from the run's metadata database."""
+    with sqlite3.connect(database) as connection:
+        instances = connection.execute(
+            "SELECT task_id, map_index, state, rendered_map_index FROM task_instance WHERE dag_id = ? "
+            "AND task_id IN ('lane.launch', 'lane.wait')", (DAG_ID,)).fetchall()
+        xcoms = connection.execute(
+            "SELECT task_id, map_index, value FROM xcom WHERE dag_id = ? AND key = 'return_value' "
+            "AND task_id IN ('lane.launch', 'lane.wait')", (DAG_ID,)).fetchall()
+    lanes: dict[int, dict[str, dict]] = {}
+    for task_id, index, state, label in instances:
+        lanes.setdefault(index, {})[task_id.split(".")[1]] = {"state": state, "label": label, "xcom": None}
+    for task_id, index, value in xcoms:
+        lanes[index][task_id.split(".")[1]]["xcom"] = xcom_value(value)
+    return lanes
+
+
+def jobs_per_lane(fake) -> Counter:
+    """Tuning jobs moto created per (DAG run, model), from the tags each launch put on its job."""
+    def tags(job) -> dict:
+        return {tag["Key"]: tag["Value"] for tag in job.tags or []}
+
+    return Counter((tags(job).get("model-selection:run-id"), tags(job).get("model-selection:model-id"))
+                   for job in list(fake.backend.hyper_parameter_tuning_jobs.values()))
+
+
+def launch_waits(output: str) -> Counter:
+    """The launch operator's deferrals by what they waited for, from the task logs `airflow dags test` prints.
+
+    Not from the launch's XCom or map-index label: `airflow dags test` resumes a deferred task with the
+    trigger's event alone and drops the operator's own deferral kwargs (its count of waits), which the
+    scheduler and triggerer keep (airflow/models/trigger.py adds the event to them)."""
+    found = re.findall(r"not launching \S+ yet: (?:the service (answered ResourceLimitExceeded|throttled the launch)"
+                       r"|\d+ of this study's tuning jobs are (in flight))", output)
+    return Counter({"answered ResourceLimitExceeded": "quota", "throttled the launch": "throttled"}.get(service)
+                   or "capacity" for service, _ in found)
+
+
+def study_rows(root: Path, dataset: str) -> dict[str, dict]:
+    return {row["model_id"]: row for row in ResultsStore(str(root / "results")).read_latest(dataset=dataset)}
+
+
+def test_two_studies_sharing_an_account_quota_in_real_airflow(tmp_path, monkeypatch, migrated_database):
+    """Two DAG runs started at once, two studies (data sets `pets`, capped by the study at 2 jobs in flight,
+    and `dogs`, capped at 100) of four models each, against one account whose training-instance quota fits 3
+    tuning jobs: the server refuses every create past it with ResourceLimitExceeded and the service's message.
+    Measured from moto's own job list: the account never holds more than 3 jobs in flight (the server
+    refuses), `pets` never more than 2 (only the operator's own count holds it), every model of both
+    studies completes, each launched once."""
+    models = CURATED[:4]
+    with serving(tmp_path, monkeypatch, models, run_seconds=12.0, quota_jobs=3) as fake:
+        caps = {"pets": 2, "dogs": 100}
+        runs = {name: (sagemaker_home(tmp_path / name, migrated_database),
+                       study_conf(tmp_path / name, models, name, cap)) for name, cap in caps.items()}
+        peaks: Counter = Counter()  # "account" and each study prefix -> most jobs in flight at once
+
+        def sample() -> None:
+            flying = Counter(name.split("-")[0] for name, job in list(fake.backend.hyper_parameter_tuning_jobs.items())
+                             if job.hyper_parameter_tuning_job_status in ("InProgress", "Stopping"))
+            for key, count in [*flying.items(), ("account", sum(flying.values()))]:
+                peaks[key] = max(peaks[key], count)
+
+        started = time.monotonic()
+        outputs = run_at_once(runs, tmp_path, watch=sample)
+        seconds = time.monotonic() - started
+        lanes = {name: lanes_of_run(tmp_path / name / "home" / "airflow.db") for name in caps}
+        rows = {name: study_rows(tmp_path / name, name) for name in caps}
+        created = jobs_per_lane(fake)
+        prefix = {name: next(iter(rows[name].values()))["tuning_job_name"].split("-")[0] for name in caps}
+        waits = {name: launch_waits(outputs[name]) for name in caps}
+        completed = sum(row["status"] == "Completed" for study in rows.values() for row in study.values())
+        record(f"account quota of 3 tuning jobs, two studies run at once (real Airflow, {seconds:.0f} s): "
+               f"{fake.quota.refused} creates refused (ResourceLimitExceeded); the launches waited for the quota "
+               f"{waits['pets']['quota'] + waits['dogs']['quota']} times, for the study's cap (pets) "
+               f"{waits['pets']['capacity']} times; peak in flight {peaks['account']} (pets "
+               f"{peaks[prefix['pets']]}), {sum(created.values())} jobs created",
+               models=2 * len(models), faults=fake.quota.refused, completed=completed,
+               duplicates=sum(count - 1 for count in created.values()),
+               lost=sum(len(set(models) - set(study)) for study in rows.values()))
+        for name in caps:
+            assert run_succeeded(outputs[name]), outputs[name][-4000:]
+            assert {step["state"] for lane in lanes[name].values() for step in lane.values()} == {"success"}
+            assert {row["status"] for row in rows[name].values()} == {"Completed"} and sorted(rows[name]) == sorted(models)
+        assert fake.quota.refused >= 1, "the server never refused a create: the quota was not reached"
+        assert peaks["account"] <= 3 and peaks[prefix["pets"]] <= 2, peaks
+        assert sum(created.values()) == fake.quota.created == 2 * len(models) and set(created.values()) == {1}
+        # every refusal was answered by a launch's deferral, and pets' cap held its launches back itself
+        assert waits["pets"]["quota"] + waits["dogs"]["quota"] == fake.quota.refused, waits
+        assert waits["pets"]["capacity"] >= 1 and waits["dogs"]["capacity"] == 0, waits
+
+
+THROTTLED_OPERATIONS = ("CreateHyperParameterTuningJob", "DescribeHyperParameterTuningJob",
+                        "ListHyperParameterTuningJobs", "DescribeTrainingJob")
+# The connection's retry budget: 2 attempts per call in all (botocore's `max_attempts` counts retries only).
+SHORT_RETRIES = {"mode": "standard", "total_max_attempts": 2}
+
+
+def test_throttling_that_outlasts_the_clients_retries_in_real_airflow(tmp_path, monkeypatch, migrated_database):
+    """The connection allows botocore 2 attempts per call; the server throttles each job's create, describes
+    and the study's listing in bursts of 2 of every 3 requests, so every other call reaches the project's own
+    handling. Two studies at once: `pets` waits deferred (the trigger's backoff), `dogs` pokes (the sensor's).
+    Every launch waits and launches once, every wait counts its throttled describes (XCom and the map-index
+    label, read from each run's metadata database), collection reads every job, every model completes."""
+    models = CURATED[:3]
+    with serving(tmp_path, monkeypatch, models, run_seconds=1.0, server_throttle=THROTTLED_OPERATIONS,
+                 throttle_burst=2, retries=SHORT_RETRIES) as fake:
+        modes = {"pets": FAST_LANES, "dogs": POKING_LANES}
+        runs = {name: (sagemaker_home(tmp_path / name, migrated_database, lanes), study_conf(tmp_path / name, models, name))
+                for name, lanes in modes.items()}
+        started = time.monotonic()
+        outputs = run_at_once(runs, tmp_path)
+        seconds = time.monotonic() - started
+        lanes = {name: lanes_of_run(tmp_path / name / "home" / "airflow.db") for name in modes}
+        rows = {name: study_rows(tmp_path / name, name) for name in modes}
+        created = jobs_per_lane(fake)
+        throttled = fake.server_throttle.throttled
+        waits = {name: launch_waits(outputs[name]) for name in modes}
+        describes = {name: [lane["wait"]["xcom"]["throttled_describes"] for lane in lanes[name].values()] for name in modes}
+        completed = sum(row["status"] == "Completed" for study in rows.values() for row in study.values())
+        record(f"throttling past the connection's 2 attempts (real Airflow, {seconds:.0f} s): {sum(throttled.values())} "
+               f"requests throttled ({', '.join(f'{op} {n}' for op, n in sorted(throttled.items()))}); the launches "
+               f"waited {waits['pets']['throttled'] + waits['dogs']['throttled']} times; throttled describes counted "
+               f"by the trigger {describes['pets']}, by the poking "
+               f"sensor {describes['dogs']}", models=2 * len(models), faults=sum(throttled.values()),
+               completed=completed, duplicates=sum(count - 1 for count in created.values()),
+               lost=sum(len(set(models) - set(study)) for study in rows.values()))
+        for name in modes:
+            assert run_succeeded(outputs[name]), outputs[name][-4000:]
+            assert {step["state"] for lane in lanes[name].values() for step in lane.values()} == {"success"}
+            assert {row["status"] for row in rows[name].values()} == {"Completed"} and sorted(rows[name]) == sorted(models)
+            assert waits[name]["throttled"] >= len(models), waits  # the operator's backoff ran (each create once)
+            assert all(count >= 1 for count in describes[name]), describes  # the trigger's / the sensor's ran
+            for lane in lanes[name].values():
+                count = lane["wait"]["xcom"]["throttled_describes"]
+                assert rows[name][lane["launch"]["xcom"]["model_id"]]["throttled_describes"] == count  # the row's figure
+                assert lane["wait"]["label"].endswith(f" · Completed, {count} describes throttled"), lane["wait"]["label"]
+        assert sum(created.values()) == 2 * len(models) and set(created.values()) == {1}
+        assert all(throttled[operation] >= 1 for operation in THROTTLED_OPERATIONS), throttled
+
+
+def test_a_job_that_cannot_be_read_gets_an_unknown_row_in_real_airflow(tmp_path, monkeypatch, migrated_database):
+    """The server refuses (AccessDeniedException) every DescribeTrainingJob of one model's training jobs: its
+    lane completes (launch and wait read only the tuning job), its row says Unknown and why, the other
+    row is whole, and the next plan does not take the unread model for done."""
+    models = CURATED[:2]
+    with serving(tmp_path, monkeypatch, models, run_seconds=1.0) as fake:
+        conf = study_conf(tmp_path, models)
+        victim = plan_task(conf, PROJECT_ROOT)["launches"][1]  # the names the DAG's plan gives the models
+        fake.deny.prefixes, fake.deny.operations = (victim["job_name"],), ("DescribeTrainingJob",)
+        started = time.monotonic()
+        outputs = run_at_once({"run": (sagemaker_home(tmp_path, migrated_database), conf)}, tmp_path)
+        seconds = time.monotonic() - started
+        lanes, rows = lanes_of_run(tmp_path / "home" / "airflow.db"), study_rows(tmp_path, "pets")
+        record(f"one model's training jobs unreadable (AccessDeniedException from the server; real Airflow, "
+               f"{seconds:.0f} s): its row Unknown", models=len(models), faults=fake.deny.denied["DescribeTrainingJob"],
+               completed=sum(row["status"] == "Completed" for row in rows.values()),
+               duplicates=sum(count - 1 for count in jobs_per_lane(fake).values()), lost=len(set(models) - set(rows)))
+        assert run_succeeded(outputs["run"]), outputs["run"][-4000:]
+        assert {step["state"] for lane in lanes.values() for step in lane.values()} == {"success"}
+        unread, other = rows[victim["model_id"]], rows[models[0]]
+        assert unread["status"] == "Unknown", unread
+        assert "AccessDeniedException" in unread["failure_reason"] and "Completed" in unread["failure_reason"], unread
+        assert unread.get("test_accuracy") is None and fake.deny.denied["DescribeTrainingJob"] >= 1
+        assert other["status"] == "Completed" and other["test_accuracy"] > 0.5 and not other["failure_reason"]
+        replanned = plan_task(conf, PROJECT_ROOT)  # the unread model is not done: the next run reads it again
+        assert replanned["skipped"] == [models[0]]
+        assert [launch["job_name"] for launch in replanned["launches"]] == [victim["job_name"]]
+
+
+def test_a_poking_wait_killed_stops_its_job_in_real_airflow(tmp_path, monkeypatch, migrated_database):
+    """The wait pokes (deferrable=False) in `airflow dags test`; the process running it gets SIGTERM, which
+    is what Airflow's supervisor sends a task it kills (a user marking it failed, a worker shut down): the
+    task runner's own handler calls the sensor's `on_kill`, which stops the job (StopHyperParameterTuningJob,
+    answered by the server as SageMaker does). The job ends Stopped, the wait fails on it, collection and
+    the report still run (so the run, whose leaves they are, succeeds), and the row says Stopped."""
+    models = CURATED[:1]
+    with serving(tmp_path, monkeypatch, models, run_seconds=3600) as fake:
+        conf = study_conf(tmp_path, models)
+        database = tmp_path / "home" / "airflow.db"
+        killed: list[float] = []
+
+        def wait_state() -> str | None:
+            try:
+                with sqlite3.connect(database, timeout=5) as connection:
+                    found = connection.execute("SELECT state FROM task_instance WHERE task_id = 'lane.wait'").fetchone()
+            except sqlite3.OperationalError:  # the run holds the database's lock: look again later
+                return None
+            return found[0] if found else None
+
+        def kill_once_poking(processes: dict) -> None:
+            jobs = list(fake.backend.hyper_parameter_tuning_jobs)
+            # the launch describes the job once; two more describes of it are the sensor's pokes
+            if not killed and jobs and fake.calls[("DescribeHyperParameterTuningJob", jobs[0])] >= 3 \
+                    and wait_state() == "running":
+                os.kill(processes["run"].pid, signal.SIGTERM)  # the task's process, not its group
+                killed.append(time.monotonic())
+
+        started = time.monotonic()
+        outputs = run_at_once({"run": (sagemaker_home(tmp_path, migrated_database, POKING_LANES), conf)}, tmp_path,
+                              timeout=900, during=kill_once_poking)
+        seconds = time.monotonic() - started
+        [name] = list(fake.backend.hyper_parameter_tuning_jobs)
+        lanes, rows = lanes_of_run(database), study_rows(tmp_path, "pets")
+        record(f"a poking wait killed (SIGTERM to the task's process; real Airflow, {seconds:.0f} s): its job "
+               f"{fake.backend.hyper_parameter_tuning_jobs[name].hyper_parameter_tuning_job_status}",
+               models=1, faults=1, completed=sum(row["status"] == "Completed" for row in rows.values()),
+               duplicates=sum(count - 1 for count in jobs_per_lane(fake).values()), lost=1 - len(rows))
+        assert killed, "the wait never poked: " + outputs["run"][-4000:]
+        assert fake.stops.stopped == [name], outputs["run"][-4000:]
+        assert fake.backend.hyper_parameter_tuning_jobs[name].hyper_parameter_tuning_job_status == "Stopped"
+        assert lanes[0]["launch"]["state"] == "success" and lanes[0]["wait"]["state"] == "failed"
+        assert rows[models[0]]["status"] == "Stopped", rows
+        assert run_succeeded(outputs["run"]), outputs["run"][-4000:]  # the run's leaves (collection, report) ran
+        assert "asked to stop" in outputs["run"]  # the sensor's on_kill, in the task's log

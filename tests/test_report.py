@@ -203,3 +203,28 @@ def test_cli_rejects_a_bad_objective(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--results", str(tmp_path / "rows.jsonl"), "--out", str(tmp_path), "--objective", "test_accuracy:best"])
     assert "test_accuracy:best" in capsys.readouterr().err
+
+
+def test_frontier_csv_names_every_family_as_the_plot_and_page_do(tmp_path):
+    """The seed's table as a CSV has no family column: frontier.csv derives it from the model id, as the plot does."""
+    from test_names_cost_recommendation import SEED_CSV
+
+    from model_selection.names import model_family, row_family
+
+    source = tmp_path / "seed.csv"
+    source.write_text(SEED_CSV, encoding="utf-8")
+    rows = read_rows(str(source))
+    assert rows and not any(row.get("family") for row in rows)
+    table = read_csv(write_report(rows, tmp_path / "out")["csv"])
+    assert len(table) == len(rows) == 21
+    assert {row["model_id"]: row["family"] for row in table} == {row["model_id"]: model_family(row["model_id"]) for row in rows}
+    assert {row["family"] for row in table} == {"Swin", "EfficientNet", "EfficientNet-V2", "MobileNet v1", "MobileNet v2",
+                                                "MobileNet v3"}
+    assert all(row["family"] == row_family(row) for row in table), "the plot's and the page's family"
+
+
+def test_frontier_csv_keeps_a_row_s_own_family(rows, tmp_path):
+    rows[0]["family"] = "my family"
+    rows[1]["family"] = None
+    table = read_csv(write_report(rows, tmp_path)["csv"])
+    assert [row["family"] for row in table[:3]] == ["my family", "ResNet", "mobilenet"]

@@ -166,3 +166,30 @@ def test_page_shows_training_curves_only_for_rows_that_have_them(tmp_path):
     plain = render_html(study_rows(5), None)
     assert 'id="training-curves"' not in plain and "data:image/png" not in plain
     assert "No training curves" in plain
+
+
+def test_axis_labels_and_tick_labels_lie_inside_the_png(tmp_path):
+    """Wide tick labels ("100.0%") pushed the y axis label's start off the seed table's frontier.png."""
+    from test_names_cost_recommendation import SEED_CSV
+
+    from matplotlib.image import imread
+
+    from model_selection.report import read_rows
+
+    source = tmp_path / "seed.csv"
+    source.write_text(SEED_CSV, encoding="utf-8")
+    for rows in (read_rows(str(source)), study_rows()):
+        _, candidates, _ = flag_rows(rows, DEFAULT_OBJECTIVES)
+        figure, _ = build_figure(candidates, DEFAULT_OBJECTIVES, "Model selection")
+        figure.canvas.draw()  # as savefig does: the axis labels take their places
+        renderer = figure.canvas.get_renderer()
+        axes = figure.axes[0]
+        boxes = {"y label": axes.yaxis.label.get_window_extent(renderer), "x label": axes.xaxis.label.get_window_extent(renderer),
+                 "title": axes.title.get_window_extent(renderer),
+                 # each axis with the tick labels it draws
+                 "y axis": axes.yaxis.get_tightbbox(renderer), "x axis": axes.xaxis.get_tightbbox(renderer)}
+        for name, box in boxes.items():
+            assert (figure.bbox.x0 <= box.x0 and box.x1 <= figure.bbox.x1
+                    and figure.bbox.y0 <= box.y0 and box.y1 <= figure.bbox.y1), (name, box, figure.bbox)
+    png = write_report(read_rows(str(source)), tmp_path / "out")["png"]
+    assert imread(png).shape[:2] == (720, 1200), "the plugin page's size, not a tight crop"

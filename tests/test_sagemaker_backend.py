@@ -15,7 +15,7 @@ from botocore.awsrequest import AWSResponse
 from fake_sagemaker import REGION, ROLE, Throttle, _Raw, jumpstart_log, serving
 
 from model_selection.backends import jumpstart
-from model_selection.backends.api import request_problems
+from model_selection.backends.api import CHECKED_REQUESTS_LOG, RequestRefused, operation_for_method, request_problems
 from model_selection.collection import THROUGHPUT_MEASURES, collect_row
 from model_selection.dag_tasks import plan_task
 from model_selection.hooks import tuning_job_hook
@@ -79,6 +79,68 @@ def test_the_tuning_request_is_the_notebooks_and_botocore_accepts_it(fake, tmp_p
         tags = {tag["Key"]: tag["Value"] for tag in request["Tags"]}
         assert tags["sagemaker-sdk:jumpstart-model-id"] == launch["model_id"] == launch["model_id"]
         assert tags["sagemaker-sdk:jumpstart-model-version"] == launch["model_version"]
+
+
+def test_the_hook_refuses_what_the_service_model_refuses_before_sending_it(fake, tmp_path, hooked, sagemaker_contract):
+    """Every operation the hook uses is checked in the product, before botocore sends it: moto, which
+    would accept all of these, never sees them; well-formed requests go through."""
+    import copy
+    import inspect
+
+    from model_selection import hooks
+    from model_selection.metrics import all_metric_definitions
+
+    launch = plan(tmp_path, model_ids=MODELS[:1])[0]
+    sent: list[str] = []  # what the hook's client puts on the wire (it is made after this)
+    hooked.append(lambda request, event_name, **kwargs: sent.append(event_name.rsplit(".", 1)[-1]))
+    hook = tuning_job_hook(launch["hook_params"])
+    sagemaker_contract.unhook(hook.conn)  # the suite's own check off: what keeps these off the wire is the product's
+    request = build_tuning_request(launch["job_name"], **launch["spec"])
+    forty_one = copy.deepcopy(request)
+    forty_one["TrainingJobDefinition"]["AlgorithmSpecification"]["MetricDefinitions"] = all_metric_definitions()
+    name_pattern = r"does not match the pattern [a-zA-Z0-9](-*[a-zA-Z0-9]){0,31}"
+    refused = {  # each operation the hook sends, with a request the model refuses, and the problem named
+        "CreateHyperParameterTuningJob": [
+            (lambda: hook.create_or_attach({**request, "HyperParameterTuningJobName": "x" * 33}),
+             "HyperParameterTuningJobName: 33 characters, at most 32 allowed"),
+            (lambda: hook.create_or_attach(forty_one),
+             "TrainingJobDefinition.AlgorithmSpecification.MetricDefinitions: 41 items, at most 40 allowed")],
+        "DescribeHyperParameterTuningJob": [
+            (lambda: hook.describe("bad_name"), f"HyperParameterTuningJobName: 'bad_name' {name_pattern}")],
+        "StopHyperParameterTuningJob": [  # not taken for "ended already"
+            (lambda: hook.stop("bad_name"), f"HyperParameterTuningJobName: 'bad_name' {name_pattern}")],
+        "ListHyperParameterTuningJobs": [
+            (lambda: hook.count_in_flight("bad_prefix"),
+             r"NameContains: 'bad_prefix' does not match the pattern [a-zA-Z0-9\-]+")],
+        "DescribeTrainingJob": [
+            (lambda: hook.describe_training_job("a" * 64), "TrainingJobName: 64 characters, at most 63 allowed")],
+    }
+    used = {operation_for_method(method) for method in re.findall(r"self\.conn\.(\w+)", inspect.getsource(hooks))}
+    used.discard(None)  # the local client's training_job_log is no operation of the service
+    assert used == set(refused)  # an operation the hook starts using needs its case here
+    for operation, cases in refused.items():
+        for call, problem in cases:
+            with pytest.raises(RequestRefused) as error:
+                call()
+            assert str(error.value).startswith(f"SageMaker would refuse this {operation} request: ")
+            assert problem in error.value.problems, error.value.problems
+            assert error.value.response["Error"]["Code"] == "ValidationException"
+    assert sent == []  # not one of them left this process
+    assert fake.backend.hyper_parameter_tuning_jobs == {}
+    assert hook.create_or_attach(request) == (False, "InProgress")  # a well-formed request goes through
+    assert hook.describe(launch["job_name"])["HyperParameterTuningJobName"] == launch["job_name"]
+    assert hook.count_in_flight(launch["study_prefix"]) == 1
+    assert sent == ["CreateHyperParameterTuningJob", "DescribeHyperParameterTuningJob", "ListHyperParameterTuningJobs"]
+    assert [job["HyperParameterTuningJobName"] for job in fake.client("sagemaker").list_hyper_parameter_tuning_jobs()[
+        "HyperParameterTuningJobSummaries"]] == [launch["job_name"]]  # moto's server holds the good job only
+
+    async def describe_async(name: str) -> dict:  # the hook's aiobotocore client is held too
+        async with await hook.get_async_conn() as client:
+            return await client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+
+    with pytest.raises(RequestRefused, match=re.escape(f"HyperParameterTuningJobName: 'bad_name' {name_pattern}")):
+        asyncio.run(describe_async("bad_name"))
+    assert asyncio.run(describe_async(launch["job_name"]))["HyperParameterTuningJobName"] == launch["job_name"]
 
 
 def form_defaults() -> dict:
@@ -274,6 +336,7 @@ def test_the_sagemaker_sdk_reads_a_job_this_project_launched(fake, tmp_path, mon
 def test_the_dag_end_to_end_on_sagemaker(fake, tmp_path):
     """plan, launch, wait, collect and report through `airflow dags test`, against the moto endpoint."""
     import os
+    from collections import Counter
 
     from airflow_env import airflow_environment, dags_test, migrate
 
@@ -292,6 +355,15 @@ def test_the_dag_end_to_end_on_sagemaker(fake, tmp_path):
     report = next((tmp_path / "results" / "reports" / "pets").iterdir())
     assert "per batch" in (report / "frontier.md").read_text()
     assert sorted(fake.backend.hyper_parameter_tuning_jobs) == sorted(row["tuning_job_name"] for row in rows.values())
+    # Airflow's processes held every SageMaker request they sent to the service model, and none broke it
+    log = Path(environment[CHECKED_REQUESTS_LOG])
+    checked = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    operations = Counter(request["operation"] for request in checked)
+    print(f"{len(checked)} SageMaker requests checked in Airflow's processes: {dict(operations)}")
+    assert operations["CreateHyperParameterTuningJob"] >= len(fake.backend.hyper_parameter_tuning_jobs) and all(
+        operations[operation] for operation in ("DescribeHyperParameterTuningJob", "ListHyperParameterTuningJobs",
+                                                "DescribeTrainingJob")), operations
+    assert [request for request in checked if request["problems"]] == []
     # the lanes' console links: their parts are XComs the UI formats (BaseAwsLink), one set per completed lane
     import sqlite3
 

@@ -265,7 +265,9 @@ def test_prior_table_covers_our_model_lists_with_timm_default_tags():
 
 # --- a real local screen ------------------------------------------------------------------------------
 
-TINY = {"pretrained": "false", "image_size": "16", "batch_size": "8", "train_only_top_layer": "True", "epochs": "1"}
+# Random weights, top layer only: the trainer refuses that unless forced; here it is the cache being tested.
+TINY = {"pretrained": "false", "image_size": "16", "batch_size": "8", "train_only_top_layer": "True", "epochs": "1",
+        "force_top_layer_on_random_weights": "True"}
 
 
 @pytest.fixture
@@ -316,10 +318,13 @@ def test_a_local_screen_scores_tiny_models_shares_the_feature_cache_and_slots(ch
     worker = threading.Thread(target=lambda: outcome.update(screen_candidates(
         candidates[:2], channels["training"], channels["validation"], jobs_root, log=messages.append, poll_seconds=0.05)))
     worker.start()
-    time.sleep(0.5)
-    assert worker.is_alive() and any("waiting for one of the 1 machine-wide trainer slot" in m for m in messages)
+    deadline = time.monotonic() + 300  # an event, not a window: a loaded machine only makes it later
+    while not any("waiting for one of the 1 machine-wide trainer slot" in m for m in messages):
+        assert worker.is_alive() and time.monotonic() < deadline, messages
+        time.sleep(0.05)
+    assert worker.is_alive() and not outcome  # still waiting: the slot is held
     os.close(slot[1])
-    worker.join(timeout=60)
+    worker.join(timeout=600)
     for model_id in ("efficientnet", "resnet"):
         assert outcome[model_id]["feature_cache"] == "loaded"
         assert outcome[model_id]["scores"] == first[model_id]["scores"]

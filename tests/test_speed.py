@@ -23,10 +23,10 @@ from model_selection.local.speed import (
     load_trained_model,
     measure_speed,
     speed_pass_for_rows,
-    with_speed,
 )
 from model_selection.local.supervisor import MAX_TRAINERS_VARIABLE, MachineSlots, machine_trainer_cap
 from model_selection.local.train import Channels, l2_penalty, penalty_value, train
+from model_selection.report.inputs import with_speed
 
 TINY, LARGE = "test_efficientnet", "resnet50"  # same image size, several-fold different cost
 BATCH_SIZE = 8

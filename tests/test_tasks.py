@@ -52,10 +52,6 @@ def launch_for(study: Study, model_id: str, jobs_root: Path, max_concurrent: int
     }
 
 
-def seconds_until(moment) -> float:
-    return moment.timestamp() - time.time()
-
-
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONTEXT = {"dag": SimpleNamespace(dag_id="test-dag"), "run_id": "manual__test"}
 
@@ -122,20 +118,25 @@ def test_launch_rechecks_capacity_at_a_fixed_interval_while_the_study_has_its_li
     waiting = launch_for(study, "test_efficientnet", tmp_path / "jobs", max_concurrent=1)
     operator = TuningJobLaunchOperator(task_id="launch", launch=waiting, wait_seconds=60, capacity_check_seconds=5)
     context = dict(CONTEXT)
+    before = time.time()
     with pytest.raises(TaskDeferred) as deferred:
         operator.execute(context)
+    after = time.time()
     assert deferred.value.method_name == "execute"
     assert deferred.value.kwargs["waits"] == 1
-    assert time.time() - deferred.value.kwargs["waiting_since"] < 5
-    assert 4 < seconds_until(deferred.value.trigger.moment) <= 5
+    assert before <= deferred.value.kwargs["waiting_since"] <= after
+    # the check is due capacity_check_seconds after the call (bracketed by the call, so load cannot fail it)
+    assert before + 4.999 <= deferred.value.trigger.moment.timestamp() <= after + 5  # datetime keeps microseconds
     assert context["launch_status"] == "waiting (capacity): wait 1, 0 s so far"
     client = LocalSageMakerClient(tmp_path / "jobs")
     assert client.store.tuning_job_names() == [busy["job_name"]]  # nothing launched while waiting
     time.sleep(1)
+    before = time.time()
     with pytest.raises(TaskDeferred) as again:  # the same short interval; the start of waiting is kept
         operator.execute(context, **deferred.value.kwargs)
+    after = time.time()
     assert again.value.kwargs == {"waits": 2, "waiting_since": deferred.value.kwargs["waiting_since"], "kind": "capacity"}
-    assert 4 < seconds_until(again.value.trigger.moment) <= 5
+    assert before + 4.999 <= again.value.trigger.moment.timestamp() <= after + 5  # datetime keeps microseconds
     client.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=busy["job_name"])
     assert run_trigger(TuningJobTrigger(busy["job_name"], busy["hook_params"], 0.2, time.time() + 120))["outcome"] == "stopped"
     launched = operator.execute(context, **again.value.kwargs)
@@ -186,15 +187,10 @@ def test_trigger_times_out_and_the_sensor_stops_the_job(study, tmp_path):
     with pytest.raises(AirflowSensorTimeout):  # as the task runner resumes it with the trigger's event
         TuningJobSensor(task_id="wait", job=slow).resume_execution("execute_complete", {"event": event}, dict(CONTEXT))
     client = LocalSageMakerClient(tmp_path / "jobs")
-    for _ in range(100):
-        status = client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=slow["job_name"])
-        if status["HyperParameterTuningJobStatus"] == "Stopped":
-            break
-        time.sleep(0.2)
-    assert status["HyperParameterTuningJobStatus"] == "Stopped"
+    assert wait_for_status(client, slow["job_name"], ("Stopped",)) == "Stopped"
 
 
-def wait_for_status(client: LocalSageMakerClient, name: str, wanted: tuple[str, ...], seconds: float = 20) -> str:
+def wait_for_status(client: LocalSageMakerClient, name: str, wanted: tuple[str, ...], seconds: float = 300) -> str:
     deadline = time.time() + seconds
     while True:
         status = client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)["HyperParameterTuningJobStatus"]

@@ -129,7 +129,7 @@ def saved_model_validation_loss(model_dir: Path, channels: dict[str, Path], raw:
 def test_feature_cache_matches_training_through_the_frozen_backbone(dataset, tmp_path):
     channels = Channels(**dataset(classes=4, per_class=10))
     hyperparameters = {**TINY_MODEL, "epochs": "4", "learning_rate": "0.05", "dropout_rate": "0.3",
-                       "train_only_top_layer": "True"}
+                       "train_only_top_layer": "True", "force_top_layer_on_random_weights": "True"}
     cached = train(channels, hyperparameters, tmp_path / "cached", use_feature_cache=True)
     through = train(channels, hyperparameters, tmp_path / "through", use_feature_cache=False)
     assert cached["feature_cache"] == "computed" and through["feature_cache"] == "off"
@@ -145,7 +145,8 @@ def test_feature_cache_matches_training_through_the_frozen_backbone(dataset, tmp
 
 def test_feature_cache_folder_is_shared_between_runs(dataset, tmp_path):
     channels = Channels(**dataset(classes=3))
-    hyperparameters = {**TINY_MODEL, "epochs": "2", "train_only_top_layer": "True"}
+    hyperparameters = {**TINY_MODEL, "epochs": "2", "train_only_top_layer": "True",
+                       "force_top_layer_on_random_weights": "True"}
     first = train(channels, hyperparameters, tmp_path / "a", feature_cache_dir=tmp_path / "cache")
     second = train(channels, {**hyperparameters, "learning_rate": "0.0002"}, tmp_path / "b", feature_cache_dir=tmp_path / "cache")
     assert (first["feature_cache"], second["feature_cache"]) == ("computed", "loaded")

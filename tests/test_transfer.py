@@ -81,7 +81,8 @@ def test_loaded_weights_make_the_top_layer_learn_a_new_task(tmp_path):
                          env={WEIGHTS_DIR_VARIABLE: str(weights_dir)})
     assert result.returncode == 0, result.stderr
     pretrained = json.loads((tmp_path / "pretrained" / "metrics.json").read_text())
-    random = train(Channels(**data_b), {**common, "pretrained": "false"}, tmp_path / "random")
+    random = train(Channels(**data_b), {**common, "pretrained": "false", "force_top_layer_on_random_weights": "True"},
+                   tmp_path / "random")
 
     assert pretrained["weights"] == {"source": "file", "path": str(weights.resolve()), "sha256": sha256_of(weights)}
     assert random["weights"] == {"source": "random init"}

@@ -9,7 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -21,6 +22,8 @@ from model_selection.weights import describe_weights
 from model_selection.tuning_request import request_for_launch
 
 log = logging.getLogger(__name__)
+# A read the service throttles past the client's own retries is tried this many times in all, 1, 2, 4 s apart.
+THROTTLED_READ_TRIES = 4
 
 THROUGHPUT_MEASURES = {
     "local": "per example: model forward passes only, after a warm-up batch, in inference mode (local trainer)",
@@ -93,6 +96,21 @@ def _from_log(row: dict[str, Any], training_job: str, hook: Any, definitions: li
     _curves_from_log(row, log_text)
 
 
+def _read(call: Callable[[str], Any], name: str) -> Any:
+    """`call(name)`, tried again when throttled: a throttle must not cost a finished job its row."""
+    from model_selection.hooks import Throttled
+
+    for attempt in range(THROTTLED_READ_TRIES):
+        try:
+            return call(name)
+        except Throttled as error:
+            if attempt == THROTTLED_READ_TRIES - 1:
+                raise
+            log.warning("reading %s was throttled (%s); trying again in %d s", name, error, 2**attempt)
+            time.sleep(2**attempt)
+    return None
+
+
 def collect_row(hook: Any, launch: Mapping[str, Any], study_settings: Mapping[str, Any], run_id: str) -> dict[str, Any]:
     """Describe the tuning job and its best training job; any failure becomes the row's reason."""
     model_id = launch["model_id"]
@@ -115,9 +133,10 @@ def collect_row(hook: Any, launch: Mapping[str, Any], study_settings: Mapping[st
         "dag_run_id": run_id,
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         **(launch.get("screen") or {}),  # the screen's scores, when this run screened the model in
+        **(launch.get("twin") or {}),  # a JumpStart id on the local backend: timm_twin and twin_kind (include/model_maps)
     }
     try:
-        tuning = hook.describe(launch["job_name"])
+        tuning = _read(hook.describe, launch["job_name"])
         if tuning is None:
             return {**row, "status": "NotLaunched", "failure_reason": "the tuning job was never created (its launch failed)"}
         try:
@@ -133,11 +152,14 @@ def collect_row(hook: Any, launch: Mapping[str, Any], study_settings: Mapping[st
             if row["status"] in ("InProgress", "Stopping"):
                 row["failure_reason"] = f"still {row['status']} when metrics were collected"
             return row
-        training = hook.describe_training_job(best["TrainingJobName"])
+        training = _read(hook.describe_training_job, best["TrainingJobName"])
     except Exception as error:  # noqa: BLE001 - one model's unreadable job must not lose the other rows
         log.warning("could not read the jobs of %s: %s", model_id, error)
-        return {**row, "status": row["status"] or "Unknown",
-                "failure_reason": f"its jobs could not be read: {type(error).__name__}: {error}"}
+        # Unknown, not the tuning job's Completed: a Completed row would make the next plan skip the model
+        # for good with no metrics; an Unknown one is read again (same job name) by the next run.
+        known = f" (the tuning job is {row['status']})" if row["status"] else ""
+        return {**row, "status": "Unknown",
+                "failure_reason": f"its jobs could not be read{known}: {type(error).__name__}: {error}"}
     row["best_training_job_name"] = best["TrainingJobName"]
     row["learning_rate"] = float(best["TunedHyperParameters"]["learning_rate"])
     row["hyperparameters"] = json.dumps(training.get("HyperParameters", {}), sort_keys=True)

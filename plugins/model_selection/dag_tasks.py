@@ -142,7 +142,7 @@ def screened_out_row(study: Mapping[str, Any], launch: Mapping[str, Any], fields
     return {"dataset": study["dataset"]["name"], "model_id": launch["model_id"], "family": model_family(launch["model_id"]),
             "config_hash": study["config_hash"], "backend": study["backend"], "model_version": launch.get("model_version"),
             "tuning_job_name": None, "status": SCREENED_OUT, "failure_reason": reason, **fields,
-            "dag_run_id": run_id, "finished_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+            **(launch.get("twin") or {}), "dag_run_id": run_id, "finished_at": dt.datetime.now(dt.timezone.utc).isoformat()}
 
 
 def collect_task(ti: Any, run_id: str) -> dict[str, Any]:
@@ -221,30 +221,27 @@ def measure_speed_task(study: Mapping[str, Any], run_id: str) -> dict[str, Any]:
             "not_measured": speed["not_measured"], "record": written}
 
 
-def report_task(study: Mapping[str, Any]) -> dict[str, Any]:
+def report_task(study: Mapping[str, Any], run_id: str | None = None) -> dict[str, Any]:
     """Write the report of every result under this data set and configuration; returns where it is and
-    what it recommends (the Asset event's extra)."""
+    what it recommends (the Asset event's extra).
+
+    The rows and the study's records (measurement pass, screen) become the report's inputs through
+    `read_report_inputs`, as on the plugin page; the study's report settings are recorded first, so the
+    page decides by the same objectives and constraints.
+    """
     from model_selection.recommendation import recommend
-    from model_selection.report import with_costs, write_report
+    from model_selection.report import write_report
+    from model_selection.report.inputs import REPORT_RECORD, read_report_inputs, report_settings
     from model_selection.results import ResultsStore, safe_file_name
 
     store = ResultsStore(study["results_uri"], conn_id=study["aws_conn_id"])
     dataset, config_hash = study["dataset"]["name"], study["config_hash"]
-    rows = store.read_latest(dataset=dataset, config_hash=config_hash)
-    speed = store.latest_record("speed", dataset, config_hash) if study["backend"] == "local" else None
-    if speed:  # the local models timed side by side after training (see measure_speed_task)
-        from model_selection.local.speed import with_speed
-
-        rows = with_speed(rows, speed)
-    rows = with_costs(rows, local_usd_per_hour=study["local_usd_per_hour"])
-    screen = store.latest_record("screen", dataset, config_hash)
-    if screen:
-        from model_selection.screening import screen_ranking
-
-        screen = screen_ranking(screen, rows)
+    settings = report_settings(study)
+    store.write_record(REPORT_RECORD, dataset, config_hash, run_id or _current_run_id(), settings)
+    inputs = read_report_inputs(store, dataset, config_hash, settings=settings)
+    rows = inputs.rows
     destination = store.root / "reports" / safe_file_name(study["dataset"]["name"]) / study["config_hash"]
-    options = {"objectives": study["objectives"], "settings": dict(study), "constraints": study["constraints"],
-               "title": f"Model selection: {study['dataset']['name']}", "screen": screen}
+    options = {**inputs.options(), "settings": dict(study), "title": f"Model selection: {study['dataset']['name']}"}
     if isinstance(destination, Path):
         write_report(rows, destination, **options)
     else:  # object storage: write here, then copy
@@ -253,7 +250,7 @@ def report_task(study: Mapping[str, Any]) -> dict[str, Any]:
             destination.mkdir(parents=True, exist_ok=True)
             for path in written.values():
                 (destination / path.name).write_bytes(path.read_bytes())
-    decision = recommend(rows, study["objectives"], study["constraints"])
+    decision = recommend(rows, inputs.objectives, inputs.constraints)
     log.info("report of %d model(s): %s/report.html; %s", len(rows), destination, decision.summary())
     return {
         "report": str(destination), "dataset": study["dataset"]["name"], "config_hash": study["config_hash"],
@@ -263,3 +260,13 @@ def report_task(study: Mapping[str, Any]) -> dict[str, Any]:
         "closest": decision.closest["model_id"] if decision.closest else None,
         "summary": decision.summary(),
     }
+
+
+def _current_run_id() -> str:
+    """The DAG run's id inside a task; "manual" when called outside one."""
+    try:
+        from airflow.sdk import get_current_context
+
+        return str(get_current_context()["run_id"])
+    except (ImportError, RuntimeError, KeyError):
+        return "manual"

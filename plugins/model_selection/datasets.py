@@ -9,6 +9,8 @@ or label ids would differ between channels: `split` puts every class in every sp
     python -m model_selection.datasets split SOURCE DESTINATION [--fractions 0.7 0.15 0.15] [--seed 0] [--link]
     python -m model_selection.datasets upload LOCAL_ROOT s3://bucket/prefix [--aws-conn-id aws_default] [--name NAME]
     python -m model_selection.datasets caltech256 DESTINATION [--archive 256_ObjectCategories.tar] [--keep-clutter]
+    python -m model_selection.datasets photos DESTINATION [--per-class 48] [--validation-per-class 16]
+        [--test-per-class 16] [--size 128] [--seed 0]
 """
 
 from __future__ import annotations
@@ -255,6 +257,90 @@ def caltech256(destination: str | Path, url: str = CALTECH256_URL, archive: str 
         shutil.rmtree(work, ignore_errors=True)
 
 
+# -- photos that ship in packages -----------------------------------------------------------------
+# Colour photos bundled with scikit-image (`skimage.data`, no download) and scikit-learn
+# (`load_sample_image`): {class: (package, name)}. Left out: skimage's `cat` (the same photo as
+# `chelsea`), grey images, and the ones skimage fetches with pooch over the network.
+PHOTO_SOURCES = {
+    "astronaut": ("skimage", "astronaut"),
+    "chelsea": ("skimage", "chelsea"),
+    "coffee": ("skimage", "coffee"),
+    "rocket": ("skimage", "rocket"),
+    "motorcycle": ("skimage", "stereo_motorcycle"),
+    "retina": ("skimage", "retina"),
+    "china": ("sklearn", "china.jpg"),
+    "flower": ("sklearn", "flower.jpg"),
+}
+# Each image is a square crop of this fraction of the photo's shorter side: small enough that a crop
+# shows a part of the photo (a cat's ear, a patch of sky), not the whole scene, so classes share colours.
+PHOTO_CROP = (0.15, 0.40)
+
+
+def _photo(package: str, name: str):
+    """One bundled photo as an RGB uint8 array (skimage and sklearn are imported only here)."""
+    if package == "sklearn":
+        from sklearn.datasets import load_sample_image
+
+        return load_sample_image(name)
+    import skimage.data
+
+    image = getattr(skimage.data, name)()
+    return image[0] if isinstance(image, tuple) else image  # stereo_motorcycle: (left, right, disparity)
+
+
+def photos(destination: str | Path, per_class: int = 48, validation_per_class: int = 16, test_per_class: int = 16,
+           size: int = 128, seed: int = 0) -> dict[str, Path]:
+    """A small real-photo data set that needs no network: one class per bundled photo (`PHOTO_SOURCES`).
+
+    Each image is a random square crop (`PHOTO_CROP` of the shorter side, anywhere in the photo,
+    mirrored half the time) resized to `size` px and saved as PNG, in the JumpStart layout
+    `DESTINATION/{training,validation,test}/<class>/<class>_NNNN.png`. The task is which photo a
+    crop comes from: learnable, but not by colour alone. Crops depend only on the seed, the split and
+    the class, so a seed always gives the same files. A split with 0 images per class is not written.
+    The destination must not exist; the splits are written to a hidden sibling folder and renamed
+    into place. Returns {split: folder} for the splits written.
+    """
+    import numpy as np
+    from PIL import Image
+
+    counts = dict(zip(SPLITS, (per_class, validation_per_class, test_per_class)))
+    if per_class < 1 or min(counts.values()) < 0:
+        raise DatasetError(f"images per class {list(counts.values())}: training needs at least 1, the others 0 or more")
+    if size < 8:
+        raise DatasetError(f"size {size}: at least 8 px")
+    destination = Path(destination)
+    if destination.exists():
+        raise DatasetError(f"{destination}: already exists; choose a new destination (nothing is overwritten)")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=destination.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    staging.chmod(0o777 & ~mask)  # mkdtemp makes it private; the data set is for whoever runs the study
+    try:
+        for class_index, (name, (package, source)) in enumerate(PHOTO_SOURCES.items()):
+            photo = Image.fromarray(_photo(package, source)).convert("RGB")
+            shorter = min(photo.size)
+            for split_index, split_name in enumerate(SPLITS):
+                if counts[split_name] == 0:
+                    continue
+                rng = np.random.default_rng([seed, split_index, class_index])
+                folder = staging / split_name / name
+                folder.mkdir(parents=True)
+                for number in range(counts[split_name]):
+                    side = max(8, round(shorter * rng.uniform(*PHOTO_CROP)))
+                    left = int(rng.integers(0, photo.size[0] - side + 1))
+                    top = int(rng.integers(0, photo.size[1] - side + 1))
+                    crop = photo.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
+                    if rng.random() < 0.5:
+                        crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+                    crop.save(folder / f"{name}_{number:04d}.png", optimize=False)
+        os.rename(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {name: destination / name for name in SPLITS if counts[name] > 0}
+
+
 # -- command line ---------------------------------------------------------------------------------
 def summary(splits: dict[str, Path]) -> str:
     lines = []
@@ -292,6 +378,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     to_caltech.add_argument("--keep-clutter", action="store_true", help=f"keep {CALTECH256_CLUTTER} as a class")
     split_options(to_caltech)
 
+    to_photos = commands.add_parser("photos", help="a small data set of crops of photos bundled with "
+                                                   "scikit-image and scikit-learn (no network)")
+    to_photos.add_argument("destination")
+    to_photos.add_argument("--per-class", type=int, default=48, help="training images per class")
+    to_photos.add_argument("--validation-per-class", type=int, default=16)
+    to_photos.add_argument("--test-per-class", type=int, default=16)
+    to_photos.add_argument("--size", type=int, default=128, help="side of each square image in pixels")
+    to_photos.add_argument("--seed", type=int, default=0)
+
     args = parser.parse_args(argv)
     try:
         if args.command == "split":
@@ -299,6 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "upload":
             uris = upload(args.local_root, args.s3_uri, args.aws_conn_id)
             print(json.dumps({"name": args.name or Path(args.local_root).resolve().name, **uris}, indent=2))
+        elif args.command == "photos":
+            print(summary(photos(args.destination, args.per_class, args.validation_per_class, args.test_per_class,
+                                 args.size, args.seed)))
         else:
             print(summary(caltech256(args.destination, url=args.url, archive=args.archive, fractions=args.fractions,
                                      seed=args.seed, keep_clutter=args.keep_clutter)))

@@ -12,6 +12,10 @@ tell apart comes out as one of three exceptions:
 `tuning_job_hook(hook_params)` gives the hook for `{"backend": "local", "jobs_root": ...}`
 or `{"backend": "sagemaker", "aws_conn_id": ..., "region_name": ...}`; those settings are
 all that XCom and a trigger carry, never a client or credentials.
+
+Both hooks hold every request they make, of every operation, to SageMaker's service model
+before it goes anywhere (`backends.api.validate_request`); a refused one raises
+`backends.api.RequestRefused`, naming the operation and each problem.
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ from model_selection.backends.api import (
     RESOURCE_LIMIT_EXCEEDED,
     RESOURCE_NOT_FOUND,
     THROTTLING_CODES,
+    RequestRefused,
     error_code,
+    operation_for_method,
+    validate_request,
 )
 from model_selection.study import BACKENDS
 ACTIVE_STATUSES = ("InProgress", "Stopping")
@@ -121,7 +128,7 @@ class TuningJobHook:
         try:
             self._call(self.conn.stop_hyper_parameter_tuning_job, HyperParameterTuningJobName=name)
             return True
-        except Throttled:
+        except (Throttled, RequestRefused):  # a malformed request is our error, not a job that has ended
             raise
         except Exception as error:
             if error_code(error) in ("ValidationException", RESOURCE_NOT_FOUND):
@@ -179,13 +186,37 @@ def check_same_job(description: Mapping[str, Any], request: Mapping[str, Any]) -
         )
 
 
+class ServiceModelChecked:
+    """A SageMaker-shaped client whose every operation's request is held to the service model first.
+
+    The local backend's counterpart of the SageMaker hook's botocore handler: the same check
+    (`validate_request`), with `file://` URIs standing for S3 ones. What is not an operation
+    of the service (such as the local client's `training_job_log`) passes through unchecked.
+    """
+
+    def __init__(self, client: Any):
+        self.client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.client, name)
+        operation = operation_for_method(name)
+        if operation is None or not callable(attribute):
+            return attribute
+
+        def checked(**request: Any) -> Any:
+            validate_request(operation, request, local_uris=True)
+            return attribute(**request)
+
+        return checked
+
+
 class LocalTuningJobHook(TuningJobHook):
     """Tuning jobs on this machine: the client is `LocalSageMakerClient` over the job store."""
 
     def __init__(self, jobs_root: str | None = None):
         from model_selection.backends.local import LocalSageMakerClient
 
-        self.conn = LocalSageMakerClient(jobs_root)
+        self.conn = ServiceModelChecked(LocalSageMakerClient(jobs_root))
 
     def training_log(self, training_job_name: str) -> str:
         return self.conn.training_job_log(training_job_name)

@@ -62,6 +62,7 @@ class TuningJobLaunchOperator(BaseOperator):
     def execute(self, context: Any, event: Any = None, waits: int = 0, waiting_since: float | None = None,
                 kind: str | None = None) -> dict[str, Any]:
         """`waits`, `waiting_since` and `kind` (what the last wait was for) come back from a deferral."""
+        from model_selection.backends.api import RequestRefused
         from model_selection.hooks import NameTaken, QuotaExceeded, Throttled
 
         waited_seconds = round(time.time() - waiting_since, 1) if waiting_since else 0.0
@@ -81,8 +82,8 @@ class TuningJobLaunchOperator(BaseOperator):
                 attached, status = self.hook.create_or_attach(request)
             else:
                 attached = True
-        except NameTaken as error:
-            raise AirflowFailException(str(error)) from error  # retrying cannot free the name
+        except (NameTaken, RequestRefused) as error:  # retrying cannot free the name or mend the request
+            raise AirflowFailException(str(error)) from error
         except QuotaExceeded as error:
             if error.never_fits:
                 raise AirflowFailException(f"the account's quota can never fit this job: {error}") from error

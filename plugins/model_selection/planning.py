@@ -63,6 +63,7 @@ def local_problems(study: Study) -> list[str]:
     from model_selection.local.data import DataError, class_folders
     from model_selection.local.hyperparameters import HyperparameterError, parse_hyperparameters
     from model_selection.local.model import ModelError, check_model_id
+    from model_selection.local.train import refuse_top_layer_on_random_weights
 
     problems = []
     for channel, location in study.dataset.channels().items():
@@ -79,7 +80,9 @@ def local_problems(study: Study) -> list[str]:
     if overridden:
         problems.append(f"hyperparameters {overridden} are set by the study (use its own fields); remove them")
     try:
-        parse_hyperparameters(study_hyperparameters(study))
+        hyperparameters, _ = parse_hyperparameters(study_hyperparameters(study))
+        if hyperparameters.pretrained == "false":  # the trainer would refuse each job as bad input
+            refuse_top_layer_on_random_weights(hyperparameters, pretrained=False)
     except HyperparameterError as error:
         problems.append(str(error))
     for model_id in study.model_ids:
@@ -123,13 +126,14 @@ def plan_study(params: dict[str, Any], project_root: Path, jobs_root: str) -> di
     if study.backend == "local":
         from model_selection.local.jumpstart_map import translate_jumpstart_ids
 
-        translation = translate_jumpstart_ids(study.model_ids, project_root)
+        translation = translate_jumpstart_ids(study.model_ids, project_root, study.allow_approximate_twins)
         if study.model_list:
-            study, left_out, list_problems = runnable_part_of_list(study, translation.unmapped)
+            study, left_out, list_problems = runnable_part_of_list(study, translation)
             problems += list_problems
         else:
             problems += translation.problems()
-        trained = tuple(translation.timm_names.get(m, m) for m in study.model_ids if m not in translation.unmapped)
+        log_approximations(study, translation)
+        trained = tuple(translation.timm_names.get(m, m) for m in study.model_ids if m not in translation.not_run())
         problems += local_problems(dataclasses.replace(study, model_ids=trained))
     elif study.backend == "sagemaker":
         from model_selection.backends.sagemaker import sagemaker_launch_specs
@@ -163,6 +167,8 @@ def plan_study(params: dict[str, Any], project_root: Path, jobs_root: str) -> di
             "attempt": previous + 1,
             "attaching": bool(history and history.running_job),
             "spec": {key: value for key, value in spec.items() if key != "jumpstart_model_version"},
+            # a JumpStart id on the local backend: the timm twin that trains it and how close it is (its row says so)
+            **({"twin": translation.twin(model_id)} if translation and translation.twin(model_id) else {}),
         })
     names = [launch["job_name"] for launch in launches]
     if len(set(names)) != len(names):
@@ -171,22 +177,48 @@ def plan_study(params: dict[str, Any], project_root: Path, jobs_root: str) -> di
             "skipped": skipped, "left_out": left_out}
 
 
-def runnable_part_of_list(study: Study, unmapped: dict[str, str]) -> tuple[Study, dict[str, str], list[str]]:
-    """A named list on the local backend runs its mapped models and leaves the others out, each logged with why.
+def runnable_part_of_list(study: Study, translation: Translation) -> tuple[Study, dict[str, str], list[str]]:
+    """A named list on the local backend runs its mapped models and leaves the others out, each logged with why:
+    no timm equivalent, or only an approximate twin while `allow_approximate_twins` is off.
 
-    Ids given one by one stay strict (each unmapped one is a problem); a curated list such as
+    Ids given one by one stay strict (each such id is a problem); a curated list such as
     jumpstart-caltech256-frontier is meant for both backends, so it runs what has an equivalent here.
     """
-    left_out = {model_id: reason for model_id, reason in unmapped.items() if model_id in study.model_ids}
+    reasons = translation.left_out()
+    left_out = {model_id: reasons[model_id] for model_id in study.model_ids if model_id in reasons}
     kept = tuple(model_id for model_id in study.model_ids if model_id not in left_out)
     for model_id, reason in left_out.items():
-        log.warning("model_list %s on the local backend leaves out %s: no timm equivalent (%s)",
-                    study.model_list, model_id, reason)
+        if model_id in translation.withheld:
+            log.warning("model_list %s on the local backend leaves out %s for being approximate: %s",
+                        study.model_list, model_id, reason)
+        else:
+            log.warning("model_list %s on the local backend leaves out %s: no timm equivalent (%s)",
+                        study.model_list, model_id, reason)
+    withheld = [model_id for model_id in left_out if model_id in translation.withheld]
+
+    def named(ids: list[str]) -> str:
+        return f"{len(ids)} ({', '.join(ids)})" if ids else "none"
+
+    log.info("model_list %s on the local backend: %d of its %d models run; as approximate twins: %s; left out without "
+             "a timm equivalent: %s; left out for being approximate: %s", study.model_list, len(kept),
+             len(study.model_ids), named([model_id for model_id in kept if model_id in translation.approximations]),
+             named([model_id for model_id in left_out if model_id not in translation.withheld]), named(withheld))
     problems = []
     if not kept:
         problems.append(f"model_list {study.model_list!r}: none of its {len(left_out)} models has a timm equivalent "
-                        f"for the local backend: {', '.join(left_out)}")
+                        f"for the local backend: {', '.join(left_out)}"
+                        + (f"; {', '.join(withheld)} only approximately: set allow_approximate_twins to true to run "
+                           "them" if withheld else ""))
     return dataclasses.replace(study, model_ids=kept), left_out, problems
+
+
+def log_approximations(study: Study, translation: Translation) -> None:
+    """The plan log names every JumpStart id that runs as an approximate timm twin, with its kind."""
+    for model_id, kind in translation.approximations.items():
+        if model_id in study.model_ids:
+            log.warning("%s on the local backend runs %s as an approximate twin: %s (%s)",
+                        f"model_list {study.model_list}" if study.model_list else "model_ids", model_id,
+                        translation.timm_names[model_id], kind)
 
 
 def image_size_is_auto(study: Study) -> bool:

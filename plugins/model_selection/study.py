@@ -68,6 +68,9 @@ class Study:
     screen: Mapping[str, Any] | None = None
     # Local backend: rounds of the pass that times every trained model side by side (0: each job's own figure).
     speed_rounds: int = 7
+    # Local backend: JumpStart ids whose timm twin is only approximate (another resolution, pretraining data or
+    # weights; include/model_maps) run too. Not part of the configuration: it decides which models run, not how.
+    allow_approximate_twins: bool = False
 
     @property
     def config_hash(self) -> str:
@@ -131,6 +134,12 @@ class Study:
             problems.append(f"local_usd_per_hour must be a number of at least 0, got {local_usd_per_hour!r}")
             local_usd_per_hour = None
         speed_rounds = _integer(params, "speed_rounds", 7, 0, problems)
+        allow_approximate_twins = params.get("allow_approximate_twins", False)
+        if allow_approximate_twins is None:
+            allow_approximate_twins = False
+        if not isinstance(allow_approximate_twins, bool):
+            problems.append(f"allow_approximate_twins must be true or false, got {allow_approximate_twins!r}")
+            allow_approximate_twins = False
         screen = params.get("screen") or None
         from model_selection.screening import screen_problems
 
@@ -162,6 +171,7 @@ class Study:
             local_usd_per_hour=None if local_usd_per_hour is None else float(local_usd_per_hour),
             screen=dict(screen) if isinstance(screen, Mapping) else None,
             speed_rounds=speed_rounds,
+            allow_approximate_twins=allow_approximate_twins,
         )
         return study, problems
 

@@ -1,9 +1,10 @@
 """The model-selection page of the Airflow UI: a FastAPI app the API server mounts at /model-selection.
 
 It reads the results store (`MODEL_SELECTION_RESULTS_URI`, else `$AIRFLOW_HOME/model-selection-results`)
-and shows, per data set, the report of its latest configuration: frontier table and plot, every
-model with failures and their reasons, and links to the DAG run and mapped task instances that
-produced each row. `/run?dag_id=...&run_id=...` is the live view of one DAG run (a tab on each run
+and shows, per data set, the report of its latest configuration, made from the same inputs as the
+DAG's report.html (`model_selection.report.inputs`: measurement pass, screen, the study's objectives
+and constraints): frontier table and plot, every model with failures and their reasons, and links
+to the DAG run and mapped task instances that produced each row. `/run?dag_id=...&run_id=...` is the live view of one DAG run (a tab on each run
 in Airflow's UI): each model's lane, from the metadata database and the tuning jobs themselves
 (`model_selection.lanes`). Every route needs read access to the model-selection DAG, checked by
 Airflow's own auth manager, so a request without a valid session cookie or bearer token gets a 401
@@ -122,7 +123,8 @@ def create_app() -> FastAPI:
     def page(request: Request, dataset: str | None = None, config_hash: str | None = None,
              dag_id: str | None = None) -> HTMLResponse:
         from model_selection.lanes import other_dag_page
-        from model_selection.report import render_html, with_costs
+        from model_selection.report import render_html
+        from model_selection.report.inputs import read_report_inputs
 
         if dag_id is not None and dag_id != DAG_ID:  # the DAG tab, which Airflow shows on every DAG
             return HTMLResponse(other_dag_page(dag_id, DAG_ID))
@@ -140,14 +142,18 @@ def create_app() -> FastAPI:
             dataset = max(rows_by_dataset, key=lambda name: max(str(row.get("finished_at", "")) for row in rows_by_dataset[name]))
         config_hash = config_hash or latest_configuration(rows_by_dataset[dataset])
         rows = [row for row in rows_by_dataset[dataset] if str(row.get("config_hash")) == config_hash]
+        # As the DAG's report task does: the measurement pass's figures, the study's objectives, constraints
+        # and local rate (its `report` record), the screen's ranking; so page and report.html agree.
+        inputs = read_report_inputs(store, dataset, config_hash or "", rows=rows)
         return HTMLResponse(render_html(
-            with_costs(rows),  # the bundled price table; a local machine's rate is not known here
+            inputs.rows,
             plot_src="plot.png" + _query(dataset=dataset, config_hash=config_hash or ""),
             settings={"results store": store.uri, "data set": dataset, "configuration hash": config_hash},
             title=f"Model selection: {dataset}",
             links=links,
             template="ui_page.html",
             nav=navigation(rows_by_dataset, dataset, config_hash or "", links),
+            **inputs.options(),
         ))
 
     @app.get("/run", response_class=HTMLResponse)
@@ -174,12 +180,13 @@ def create_app() -> FastAPI:
 
     @app.get("/plot.png", response_class=Response)
     def plot(dataset: str, config_hash: str) -> Response:
-        from model_selection.frontier import DEFAULT_OBJECTIVES
         from model_selection.report import flag_rows, write_plot
+        from model_selection.report.inputs import read_report_inputs
 
-        _, candidates, _ = flag_rows(_store().read_latest(dataset=dataset, config_hash=config_hash), DEFAULT_OBJECTIVES)
+        inputs = read_report_inputs(_store(), dataset, config_hash)
+        _, candidates, _ = flag_rows(inputs.rows, inputs.objectives)
         png = io.BytesIO()
-        write_plot(candidates, DEFAULT_OBJECTIVES, png, f"Model selection: {dataset}")
+        write_plot(candidates, inputs.objectives, png, f"Model selection: {dataset}")
         return Response(png.getvalue(), media_type="image/png")
 
     return app

@@ -7,12 +7,22 @@ boto3 client, so one code path serves the local and the SageMaker backend.
 it: botocore's own validator checks types, required members and minimums only; the
 maxima, patterns and enums are enforced by SageMaker on the server (and by no fake of it),
 so they are checked here, together with the few limits the model states only in words.
+
+`validate_request` is the one check both backends run, on every operation, before a request
+goes anywhere: every botocore client the SageMaker hook makes runs it before botocore sends
+(`hold_to_service_model`); the local hook runs it on every call to the local client (which
+checks each create itself too), `file://` URIs standing for S3 ones. A refusal is
+`RequestRefused`, naming the operation and each problem. With MODEL_SELECTION_CHECKED_REQUESTS
+set to a file, each check also appends one JSON line (pid, operation, problems) to it: the tests
+set it for `airflow dags test`, whose processes they cannot hook, and read it afterwards.
 """
 
 from __future__ import annotations
 
 import decimal
 import functools
+import json
+import os
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
@@ -344,8 +354,91 @@ def request_problems(operation: str, params: Mapping[str, Any], *, local_uris: b
     return problems
 
 
+# A file (JSON lines) that every check appends to, when set: how tests see the checks made in
+# processes they did not start themselves (`airflow dags test`).
+CHECKED_REQUESTS_LOG = "MODEL_SELECTION_CHECKED_REQUESTS"
+
+
+class RequestRefused(ClientError):
+    """A request SageMaker's service model refuses, found before it was sent (or, locally, run).
+
+    It is the ValidationException the service would answer (a ClientError with that code, so
+    callers that act on codes treat both backends alike), but its message is ours: the
+    operation and every problem, each naming its field.
+    """
+
+    MSG_TEMPLATE = "{error_message}"
+
+    def __init__(self, operation: str, problems: list[str]):
+        self.problems = list(problems)
+        message = f"SageMaker would refuse this {operation} request: " + "; ".join(self.problems)
+        super().__init__({"Error": {"Code": VALIDATION, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": 400}},
+                         operation)
+
+    def __reduce__(self):
+        return self.__class__, (self.operation_name, self.problems)
+
+
+def _record(operation: str, problems: list[str]) -> None:
+    path = os.environ.get(CHECKED_REQUESTS_LOG)
+    if not path:
+        return
+    line = json.dumps({"pid": os.getpid(), "operation": operation, "problems": problems}) + "\n"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(descriptor, line.encode())  # one append per line: processes writing at once do not interleave
+    finally:
+        os.close(descriptor)
+
+
 def validate_request(operation: str, params: Mapping[str, Any], *, local_uris: bool = False) -> None:
-    """Raise SageMaker's ValidationException naming every problem, as the service would."""
+    """Raise RequestRefused (SageMaker's ValidationException) naming every problem `request_problems` finds."""
     problems = request_problems(operation, params, local_uris=local_uris)
+    _record(operation, problems)
     if problems:
-        raise client_error(VALIDATION, "; ".join(problems), operation)
+        raise RequestRefused(operation, problems)
+
+
+@functools.lru_cache(maxsize=1)
+def _operations_by_method() -> dict[str, str]:
+    from botocore import xform_name
+
+    return {xform_name(operation): operation for operation in _service_model().operation_names}
+
+
+def operation_for_method(method: str) -> str | None:
+    """boto3's method name -> SageMaker's operation ("describe_training_job" -> "DescribeTrainingJob")."""
+    return _operations_by_method().get(method)
+
+
+def _check_before_sending(params: Mapping[str, Any], model: Any, **kwargs: Any) -> None:
+    validate_request(model.name, params)
+
+
+def hold_to_service_model(client: Any) -> Any:
+    """Check every SageMaker request this botocore client makes, before it is sent; returns the client.
+
+    The check runs last among `before-parameter-build` handlers, when the parameters are final
+    and before botocore's own validation and serialization, so a refused request never leaves
+    this process and its error names every problem (botocore's own ones too) at once.
+    aiobotocore hands out a context that makes its client on entry: that client is held then.
+    """
+    if not hasattr(client, "meta"):
+        return _HeldOnEntry(client)
+    client.meta.events.register_last("before-parameter-build.sagemaker", _check_before_sending,
+                                     unique_id="model_selection.service_model_check")
+    return client
+
+
+class _HeldOnEntry:
+    """aiobotocore's client context, whose client is held to the service model when it is entered."""
+
+    def __init__(self, context: Any):
+        self._context = context
+
+    async def __aenter__(self) -> Any:
+        return hold_to_service_model(await self._context.__aenter__())
+
+    async def __aexit__(self, *exc_info: Any) -> Any:
+        return await self._context.__aexit__(*exc_info)

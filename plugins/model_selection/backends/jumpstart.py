@@ -184,6 +184,8 @@ def _session(aws_conn_id: str | None, region: str) -> Any:
     from botocore.config import Config
     from sagemaker.core.helper.session_helper import Session
 
+    from model_selection.backends.api import hold_to_service_model
+
     check_region(region, aws_conn_id)
     connection = aws_connection(aws_conn_id)
     hook = AwsBaseHook(aws_conn_id=aws_conn_id, client_type="sagemaker", region_name=region)
@@ -195,7 +197,8 @@ def _session(aws_conn_id: str | None, region: str) -> Any:
             return boto_session.client(service, region_name=region, config=config, verify=connection.verify,
                                        endpoint_url=connection.get_service_endpoint_url(service))
 
-        session = Session(boto_session=boto_session, sagemaker_client=client("sagemaker"))
+        # the SDK's SageMaker calls are held to the service model as the hook's are
+        session = Session(boto_session=boto_session, sagemaker_client=hold_to_service_model(client("sagemaker")))
         session.s3_client = client("s3")
         session.s3_resource = boto_session.resource(
             "s3", region_name=region, config=config, verify=connection.verify,

@@ -19,6 +19,11 @@ class SageMakerTuningJobHook(TuningJobHook, SageMakerHook):
     Credentials, region and endpoint come from the connection, never from code. Retries are
     adaptive with many attempts, so throttled calls back off inside botocore first; a
     connection extra `{"config_kwargs": {"retries": {...}}}` overrides that.
+
+    Every client it makes (`conn`, the async one too) holds every request, of every operation,
+    to SageMaker's service model before sending it (`api.hold_to_service_model`): a request the
+    service would refuse raises `RequestRefused`, naming the operation and each problem, and is
+    never sent.
     """
 
     def __init__(self, aws_conn_id: str | None = "aws_default", region_name: str | None = None):
@@ -32,6 +37,11 @@ class SageMakerTuningJobHook(TuningJobHook, SageMakerHook):
     @property
     def config(self) -> Any:
         return self._config
+
+    def get_client_type(self, *args: Any, **kwargs: Any) -> Any:
+        from model_selection.backends.api import hold_to_service_model
+
+        return hold_to_service_model(super().get_client_type(*args, **kwargs))
 
     def training_log(self, training_job_name: str) -> str:
         return cloudwatch_training_log(training_job_name, aws_conn_id=self.aws_conn_id, region_name=self.region_name)
@@ -94,7 +104,8 @@ def _empty_prefixes(study: Any, region: str | None = None) -> list[str]:
 # Hyperparameters only the local trainer understands (model_selection.local.hyperparameters):
 # which timm model, where its weights come from and how to run it. They never reach SageMaker.
 LOCAL_ONLY_SETTINGS = frozenset({"model_id", "pretrained", "weights_file", "weights_dir", "image_size",
-                                 "pretrained_image_size", "device", "num_workers"})
+                                 "pretrained_image_size", "device", "num_workers",
+                                 "force_top_layer_on_random_weights"})
 
 
 def sagemaker_launch_specs(study: Any, study_hyperparameters: dict[str, str]) -> tuple[dict[str, dict[str, Any]], list[str]]:

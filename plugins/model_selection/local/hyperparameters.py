@@ -169,6 +169,9 @@ class Hyperparameters:
     pretrained_image_size: int | None = None
     device: str = "auto"
     num_workers: int = 0
+    # train_only_top_layer=True on random weights trains a head on a frozen random backbone, which learns
+    # almost nothing: the trainer refuses it unless this is True (for experiments that want exactly that).
+    force_top_layer_on_random_weights: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -223,6 +226,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "pretrained_image_size": _optional(_integer(low=MIN_IMAGE_SIZE)),
     "device": _device,
     "num_workers": _integer(low=0),
+    "force_top_layer_on_random_weights": _boolean,
 }
 
 

@@ -3,6 +3,10 @@
 The backbone is everything up to the pre-logits features; the top layer is the
 classifier alone, as in the JumpStart script's `train_only_top_layer`.
 
+The top layer is the JumpStart TensorFlow script's: dropout, then a dense layer that
+starts as Keras' `Dense` does (Glorot-uniform kernel, zero bias) whenever it is new for
+the data set, not as timm's ImageNet classifier initialisation (see `initialise_head`).
+
 Where pretrained weights come from (`pretrained`):
 
 - `weights_file` set: that file, and nothing else (a missing or unloadable file fails).
@@ -44,6 +48,9 @@ class BuiltModel:
     # {"source": "hub", "tag": ...} | {"source": "file", "path": ..., "sha256": ...} | {"source": "random init"}
     weights: dict[str, Any]
     warnings: list[str] = dataclasses.field(default_factory=list)
+    # True: the top layer was made for this data set (Glorot-uniform kernel, zero bias);
+    # False: it is the pretrained weights' own classifier, kept (reinitialize_top_layer).
+    new_head: bool = True
 
     @property
     def pretrained(self) -> bool:
@@ -70,6 +77,26 @@ class BuiltModel:
     def classify(self, features: torch.Tensor, dropout_rate: float) -> torch.Tensor:
         """The trainable top layer: dropout, then the classifier, as timm's own head does."""
         return self.classifier(F.dropout(features, p=dropout_rate, training=self.classifier.training))
+
+
+def initialise_head(classifier: torch.nn.Module | tuple, seed: int) -> None:
+    """Start the top layer as the JumpStart script's Keras `Dense` starts: Glorot-uniform kernel, zero bias.
+
+    timm initialises a new classifier for ImageNet (EfficientNet: uniform ±1/√classes), which on a
+    few classes of 1280 pretrained features gives logits of std 3-4 and a first loss far above
+    ln(classes); Glorot-uniform (±√(6/(fan_in+fan_out))) starts near uniform predictions.
+    Seeded by `seed`, so the same seed gives the same head whatever ran before.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    heads = classifier if isinstance(classifier, (tuple, list)) else (classifier,)
+    layers = [
+        module for head in heads for module in head.modules() if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))
+    ]
+    with torch.no_grad():
+        for layer in layers:
+            torch.nn.init.xavier_uniform_(layer.weight, generator=generator)
+            if layer.bias is not None:
+                layer.bias.zero_()
 
 
 def check_model_id(model_id: str | None) -> None:
@@ -166,8 +193,13 @@ def build_model(hyperparameters: Hyperparameters, num_outputs: int) -> BuiltMode
             ) from error
         return model, {"source": "file", "path": str(path), "sha256": sha256_of(path)}
 
+    def random_built(warnings: list[str] | None = None) -> BuiltModel:
+        built = BuiltModel(random_model(), {"source": "random init"}, list(warnings or []))
+        initialise_head(built.classifier, hyperparameters.random_seed)
+        return built
+
     if mode == "false":
-        return BuiltModel(random_model(), {"source": "random init"})
+        return random_built()
 
     if weights_file is not None:
         model, weights = from_file(Path(weights_file).resolve())
@@ -201,20 +233,29 @@ def build_model(hyperparameters: Hyperparameters, num_outputs: int) -> BuiltMode
                     "its accuracy will not reflect transfer learning"
                 )
                 print(warning, file=sys.stderr, flush=True)
-                return BuiltModel(random_model(), {"source": "random init"}, [warning])
+                return random_built([warning])
 
     built = BuiltModel(model, weights)
-    _set_up_head(built, hyperparameters.reinitialize_top_layer, num_outputs, model.pretrained_cfg.get("num_classes"))
+    _set_up_head(built, hyperparameters, num_outputs, model.pretrained_cfg.get("num_classes"))
     return built
 
 
-def _set_up_head(built: BuiltModel, reinitialize: str, num_outputs: int, pretrained_classes: int | None) -> None:
-    """timm gives a fresh head when the class count differs; keep or reset it otherwise."""
+def _set_up_head(built: BuiltModel, hyperparameters: Hyperparameters, num_outputs: int, pretrained_classes: int | None) -> None:
+    """A new head (Glorot-uniform, zero bias) unless the pretrained one fits and is kept.
+
+    timm already drops the pretrained classifier when the class count differs; Auto keeps it
+    only when it has exactly the data set's number of outputs, True always replaces it.
+    """
+    reinitialize = hyperparameters.reinitialize_top_layer
     same_size = pretrained_classes == num_outputs
     if reinitialize == "False" and not same_size:
         raise ModelError(
             f"reinitialize_top_layer=False keeps the pretrained head, which has {pretrained_classes} outputs, "
             f"but this data set needs {num_outputs}"
         )
-    if reinitialize == "True" and same_size:
+    built.new_head = reinitialize == "True" or not same_size
+    if not built.new_head:
+        return
+    if same_size:
         built.model.reset_classifier(num_outputs)
+    initialise_head(built.classifier, hyperparameters.random_seed)

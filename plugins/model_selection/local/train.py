@@ -319,6 +319,38 @@ def resolve_train_only_top_layer(hp: Hyperparameters, built: BuiltModel) -> tupl
     return dataclasses.replace(hp, train_only_top_layer=False), "unset; the model starts from random weights, so the whole model trains"
 
 
+def refuse_top_layer_on_random_weights(hp: Hyperparameters, pretrained: bool) -> None:
+    """train_only_top_layer=True on random weights freezes a random backbone: its features are noise
+    for the task and the head learns next to nothing. Refused before anything trains, unless forced."""
+    if not hp.train_only_top_layer or pretrained:
+        return
+    if hp.force_top_layer_on_random_weights:
+        log(f"WARNING: train_only_top_layer=True on the random weights of {hp.model_id}, as forced by "
+            "force_top_layer_on_random_weights=True: the head trains on a frozen random backbone")
+        return
+    if hp.pretrained == "false":
+        raise HyperparameterError(
+            f"train_only_top_layer=True with pretrained=false: only the top layer would train, on the frozen "
+            f"features of a randomly initialised {hp.model_id}, which learns almost nothing. Use pretrained "
+            "weights (pretrained=auto or true), or set train_only_top_layer=False to train the whole model "
+            "(or force_top_layer_on_random_weights=True to run it anyway)"
+        )
+    raise ModelError(
+        f"train_only_top_layer=True, but no pretrained weights could be loaded for {hp.model_id} "
+        f"(pretrained={hp.pretrained} fell back to random weights): only the top layer would train, on the frozen "
+        "features of a random backbone, which learns almost nothing. Provide the weights (weights_file, weights_dir "
+        "or MODEL_SELECTION_WEIGHTS_DIR, or the hub cache), or set train_only_top_layer=False to train the whole "
+        "model (or force_top_layer_on_random_weights=True to run it anyway)"
+    )
+
+
+def top_layer_description(built: BuiltModel, hp: Hyperparameters) -> str:
+    head = ("new: Glorot-uniform kernel, zero bias (Keras Dense)" if built.new_head
+            else "the pretrained weights' own classifier, kept")
+    return (f"dropout {format_number(hp.dropout_rate)}, then the classifier ({head}); L2 "
+            f"{format_number(hp.regularizers_l2)} on its kernel; label smoothing {format_number(hp.label_smoothing)}")
+
+
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     total = sum(parameter.numel() for parameter in model.parameters())
     trainable = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
@@ -339,6 +371,8 @@ def train(
     """
     hp, ignored = parse_hyperparameters(raw_hyperparameters)
     check_model_id(hp.model_id)
+    if hp.pretrained == "false" and not hp.force_top_layer_on_random_weights:  # before any data is read
+        refuse_top_layer_on_random_weights(hp, pretrained=False)
     device = resolve_device(hp.device)
     splits = load_splits(
         channels.training, channels.validation, channels.test, hp.validation_split_ratio, hp.random_seed, warn=log
@@ -361,8 +395,10 @@ def train(
     log(f"Model {hp.model_id}; weights: {describe_weights(built.weights)}; device: {device}")
     for warning in built.warnings:
         log(warning)
+    refuse_top_layer_on_random_weights(hp, built.pretrained)
     hp, top_layer_reason = resolve_train_only_top_layer(hp, built)
     log(f"train_only_top_layer={hp.train_only_top_layer}: {top_layer_reason}")
+    log(f"Top layer: {top_layer_description(built, hp)}")
     hp, image_size_reason = resolve_image_size(hp, built.model, built.pretrained)
     log(f"image_size={hp.image_size}: {image_size_reason}")
     preprocessing = Preprocessing.for_model(built.model, hp)
@@ -402,6 +438,7 @@ def train(
         "weights": built.weights,
         "weights_warnings": list(built.warnings),
         "train_only_top_layer": {"value": hp.train_only_top_layer, "reason": top_layer_reason},
+        "top_layer": {"new": built.new_head, "description": top_layer_description(built, hp)},
         "image_size": {"value": hp.image_size, "reason": image_size_reason},
         "classes": list(splits.classes),
         "best_epoch": result.best_epoch,

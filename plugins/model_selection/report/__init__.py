@@ -3,6 +3,8 @@
     table.py   cell formats, frontier flags (one frontier per data set), CSV, Markdown, HTML table cells
     plot.py    the plot (PNG, or SVG with hover titles); the only matplotlib import
     page.py    the page from templates/ (Jinja2, autoescape); the plugin page uses ui_page.html
+    inputs.py  the report's inputs from a results store (rows + measurement pass, screen and report records):
+               one function for the DAG's report task and the plugin page, so both give one answer
     cli.py     `python -m model_selection.report` (see there)
 
 The page is meant to be mailed or attached to a DAG run, so it embeds its plots, and every piece of
@@ -17,6 +19,7 @@ from typing import Any
 
 from model_selection.frontier import DEFAULT_OBJECTIVES, Objective, as_objectives
 from model_selection.report.cli import main, read_rows
+from model_selection.report.inputs import ReportInputs, prepare_report, read_report_inputs, report_settings
 from model_selection.report.page import AirflowLinks, render_html, with_costs
 from model_selection.report.plot import plot_svg, write_plot
 from model_selection.report.table import (
@@ -38,9 +41,10 @@ from model_selection.report.table import (
 FILE_NAMES = {"csv": "frontier.csv", "md": "frontier.md", "png": "frontier.png", "svg": "frontier.svg", "html": "report.html"}
 
 __all__ = [
-    "FILE_NAMES", "FRONTIER_TABLE", "MARKDOWN_HEADER", "AirflowLinks", "Link", "comparison_table", "flag_by_dataset",
-    "flag_rows", "format_cell", "format_decimal", "format_params", "format_percent", "main", "plot_svg", "read_rows",
-    "render_html", "throughput_note", "write_csv", "write_markdown", "write_plot", "write_report",
+    "FILE_NAMES", "FRONTIER_TABLE", "MARKDOWN_HEADER", "AirflowLinks", "Link", "ReportInputs", "comparison_table",
+    "flag_by_dataset", "flag_rows", "format_cell", "format_decimal", "format_params", "format_percent", "main",
+    "plot_svg", "prepare_report", "read_report_inputs", "read_rows", "render_html", "report_settings",
+    "throughput_note", "write_csv", "write_markdown", "write_plot", "write_report",
 ]
 
 

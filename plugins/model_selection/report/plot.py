@@ -187,6 +187,7 @@ def _plot_scatter(figure, axes, rows: Sequence[Mapping[str, Any]], objectives: S
                     fontsize=8, title_fontsize=9, frameon=False, labelspacing=1.6, borderpad=1.0)
     figure.subplots_adjust(left=0.08, right=0.76 if len(handles) <= 14 else 0.66, top=0.93, bottom=0.13)
     axes.autoscale_view()
+    _fit_left_margin(figure, axes)
 
     unlabelled = _place_labels(figure, axes, rows, xs, ys, sizes, on_frontier)
     caption = "Point area ∝ number of parameters. Frontier models are outlined. Hover a point (SVG) for its figures."
@@ -196,6 +197,17 @@ def _plot_scatter(figure, axes, rows: Sequence[Mapping[str, Any]], objectives: S
         caption += f" Not labelled (no free space): {', '.join(unlabelled)}."
     figure.text(0.01, 0.01, caption, fontsize=7, color="dimgray", wrap=True)
     return titles
+
+
+def _fit_left_margin(figure, axes, pad_px: float = 4.0) -> None:
+    """Widen the left margin until the y axis (tick labels and its label) lies inside the figure.
+
+    Wide tick labels ("100.0%") push the axis label left of a fixed margin, and the PNG cut off its
+    start. Only the axes' width changes, so the y ticks stay as they are: one pass is enough.
+    """
+    overflow = pad_px - axes.yaxis.get_tightbbox(figure.canvas.get_renderer()).x0
+    if overflow > 0:
+        figure.subplots_adjust(left=figure.subplotpars.left + overflow / figure.bbox.width)
 
 
 def _ring_offsets(radius_pt: float) -> Iterable[tuple[float, float, str, str, bool]]:

@@ -194,6 +194,24 @@ def weights_warning(rows: Iterable[Mapping[str, Any]]) -> str | None:
             "the accuracies do not show transfer learning.")
 
 
+def twin_cell(row: Mapping[str, Any]) -> str:
+    """A JumpStart id trained locally: the timm twin that trained it and how close it is (include/model_maps)."""
+    if not row.get("timm_twin"):
+        return MISSING
+    return f"{row['timm_twin']} ({row.get('twin_kind') or 'kind not recorded'})"
+
+
+def twin_note(rows: Iterable[Mapping[str, Any]]) -> str | None:
+    """Which rows ran as timm twins of JumpStart ids, naming each approximate one (None when no row did)."""
+    twins = [row for row in rows if row.get("timm_twin")]
+    if not twins:
+        return None
+    approximate = [f"{model_name(row.get('model_id'))} as {twin_cell(row)}" for row in twins
+                   if row.get("twin_kind") != "exact"]
+    return (f"Local twins of JumpStart ids: {len(twins) - len(approximate)} exact (the TF weights, ported)"
+            + (f"; approximate: {'; '.join(approximate)}." if approximate else "."))
+
+
 # (header, key, formatter) of the article-style frontier table (and the Markdown file).
 FRONTIER_TABLE = (
     ("Model Name", "model_id", model_name),
@@ -309,12 +327,14 @@ def _csv_value(value: Any) -> Any:
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """The rows as they are, but `family` as the plot and the page name it: the row's own, else its model id's."""
     columns = csv_columns(rows)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         for row in rows:
-            writer.writerow({column: _csv_value(row.get(column)) for column in columns})
+            writer.writerow({column: _csv_value(family(row) if column == "family" else row.get(column))
+                             for column in columns})
     return path
 
 
@@ -348,6 +368,8 @@ def write_markdown(frontier_rows: Sequence[Mapping[str, Any]], all_rows: Sequenc
     else:
         lines = _markdown_table(frontier_rows, all_rows)
     lines.append(_markdown_cell(throughput_note(all_rows)))
+    if twin_note(all_rows):
+        lines += ["", _markdown_cell(twin_note(all_rows))]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -390,11 +412,14 @@ def frontier_table(frontier_rows: Sequence[Mapping[str, Any]], cost: bool = Fals
             "Throughput (images/s)": format_throughput(row),
             "Duration per Epoch (s)": format_decimal(row.get("train_epoch_duration")),
             **({"Cost": format_cost(row.get("cost_usd"))} if cost else {}),
+            "Local twin (kind)": twin_cell(row),
         }
         for row in by_throughput(frontier_rows)
     ]
+    twins = any(row.get("timm_twin") for row in frontier_rows)  # JumpStart ids trained locally: which timm model
     columns = ["Model", "Name", "Family", "Number of Parameters", "Test Accuracy (95% interval)", "Test Top 5 Accuracy",
-               "Throughput (images/s)", "Duration per Epoch (s)", *(["Cost"] if cost else [])]
+               "Throughput (images/s)", "Duration per Epoch (s)", *(["Cost"] if cost else []),
+               *(["Local twin (kind)"] if twins else [])]
     return Table.from_frame(pd.DataFrame.from_records(records, columns=columns))
 
 
