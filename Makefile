@@ -120,4 +120,4 @@ caltech256: $(INSTALLED)
 	$(BIN)/python -m model_selection.datasets caltech256 include/datasets/caltech256
 
 clean:
-	rm -rf $(AIRFLOW_HOME_DIR) $(DIGITS) .pytest_cache
+	rm -rf $(AIRFLOW_HOME_DIR) $(DIGITS) $(PHOTOS) $(WEIGHTS) .pytest_cache
