@@ -18,7 +18,6 @@ kind (weight/bias/running statistics) is refused, naming the first pair that dif
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib
 import os
 import sys
@@ -26,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+
+from model_selection.local.model import sha256_of
 
 SOURCE_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 # Counters, not weights: left out on both sides (BatchNorm fills in its own when the file is loaded).
@@ -38,14 +39,6 @@ WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")
 
 class ConversionError(ValueError):
     """The source cannot be converted onto the timm model; nothing is written."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_source(path: Path) -> dict[str, torch.Tensor]:
