@@ -66,8 +66,8 @@ def lite0_weights(folder: Path) -> Path:
     from model_selection.local.convert import convert_checkpoint, package_checkpoint
 
     destination = folder / f"{MODEL}.safetensors"
-    if not destination.is_file():  # a kept one is reused: each conversion's file differs in its bytes (the
-        convert_checkpoint(package_checkpoint(PACKAGE), MODEL, destination)  # metadata order), so its sha256 too
+    if not destination.is_file():  # a kept one is reused (a conversion gives the same bytes every time)
+        convert_checkpoint(package_checkpoint(PACKAGE), MODEL, destination)
     return destination
 
 

@@ -115,3 +115,32 @@ def test_photos_counts_and_seed(tmp_path):
     written = photos(tmp_path / "d", per_class=2, validation_per_class=0, test_per_class=1, size=16)
     assert set(written) == {"training", "test"}
     assert not (tmp_path / "d" / "validation").exists()
+
+
+def test_photos_in_varied_light_are_the_same_crops_in_other_light(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    def pixels(root: Path) -> dict[str, np.ndarray]:
+        return {str(path.relative_to(root)): np.asarray(Image.open(path), dtype=float)
+                for path in sorted(root.rglob("*.png"))}
+
+    options = {"per_class": 6, "validation_per_class": 0, "test_per_class": 0, "size": 32, "seed": 3}
+    plain = pixels(photos(tmp_path / "plain", **options)["training"])
+    varied = pixels(photos(tmp_path / "varied", vary_light=True, **options)["training"])
+    again = pixels(photos(tmp_path / "again", vary_light=True, **options)["training"])
+    assert plain.keys() == varied.keys()
+    assert all(np.array_equal(varied[name], again[name]) for name in varied)  # seeded
+    # the same place in the photo (light scales pixels, so plain and varied crops stay strongly correlated) ...
+    correlations = [np.corrcoef(plain[name].ravel(), varied[name].ravel())[0, 1] for name in plain]
+    assert np.median(correlations) > 0.9
+    # ... but each in its own light: brightness differs from the plain crop's by more than rounding
+    changes = [abs(varied[name].mean() - plain[name].mean()) for name in plain]
+    assert np.median(changes) > 5
+
+
+def test_a_conversion_is_byte_for_byte_reproducible(lite0, tmp_path):
+    source, converted, _ = lite0
+    again = tmp_path / "tf_efficientnet_lite0.safetensors"
+    convert_checkpoint(source, "tf_efficientnet_lite0", again)
+    assert hashlib.sha256(again.read_bytes()).hexdigest() == hashlib.sha256(converted.read_bytes()).hexdigest()

