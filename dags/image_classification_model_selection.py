@@ -66,7 +66,7 @@ PARAMS = {
     "learning_rate_multipliers": Param([1.0, 0.2], type="array", items={"type": "number"},
                                        description="Learning rates tried: the default times each of these."),
     "epochs": Param(10, type="integer", minimum=1, description="Epochs per training job (early stopping may end sooner)."),
-    "early_stopping_patience": Param(3, type="integer", minimum=0, description="Epochs without improvement before stopping."),
+    "early_stopping_patience": Param(3, type="integer", minimum=1, description="Epochs without improvement before stopping."),
     "instance_type": Param("ml.g4dn.xlarge", type="string", description="SageMaker training instance type."),
     "max_concurrent_tuning_jobs": Param(10, type="integer", minimum=1,
                                         description="At most this many of this study's tuning jobs in flight."),
@@ -76,6 +76,39 @@ PARAMS = {
     "force": Param(False, type="boolean", description="Re-train models that already have results."),
     "role_arn": Param(None, type=["null", "string"], description="SageMaker execution role (empty: the model_selection_role_arn Variable)."),
     "output_path": Param(None, type=["null", "string"], description="SageMaker s3:// output path for model artifacts."),
+    "parallel_training_jobs": Param(
+        None, type=["null", "integer"], minimum=1,
+        description="Training jobs one tuning job runs at once, 1 to the number of learning rates (empty: all of "
+                    "them). Lower it when the account's quota for the instance type is lower; the study takes longer."),
+    "volume_size_gb": Param(30, type="integer", minimum=1,
+                            description="SageMaker: each training job's storage volume in GB (binds on EBS-only types "
+                                        "such as p3; types with local storage such as g4dn use that)."),
+    "vpc_subnets": Param([], type="array", items={"type": "string"},
+                         description="SageMaker: subnet ids (subnet-...) the training jobs run in; with "
+                                     "vpc_security_group_ids. Empty: no VPC."),
+    "vpc_security_group_ids": Param([], type="array", items={"type": "string"},
+                                    description="SageMaker: security group ids (sg-...) for vpc_subnets."),
+    "volume_kms_key_id": Param(None, type=["null", "string"],
+                               description="SageMaker: KMS key (id, ARN or alias) that encrypts the training volumes "
+                                           "(not for types with local storage such as g4dn)."),
+    "output_kms_key_id": Param(None, type=["null", "string"],
+                               description="SageMaker: KMS key (id, ARN or alias) that encrypts the model artifacts."),
+    "enable_network_isolation": Param(
+        False, type="boolean",
+        description="SageMaker: training containers make no network calls; the training script then comes as "
+                    "the 'code' input channel."),
+    "encrypt_inter_container_traffic": Param(False, type="boolean",
+                                             description="SageMaker: encrypt traffic between training containers."),
+    "managed_spot_training": Param(False, type="boolean",
+                                   description="SageMaker: train on spot capacity (cheaper; a job may wait or be "
+                                               "interrupted). Checkpoints go under output_path/checkpoints."),
+    "spot_max_wait_hours": Param(None, type=["null", "number"], minimum=24,
+                                 description="Managed spot: how long a training job may take in all, waiting "
+                                             "included; at least its 24-hour run limit (empty: 48)."),
+    "tolerate_deprecated_or_vulnerable_models": Param(
+        False, type="boolean",
+        description="SageMaker: also train JumpStart models the catalogue marks deprecated or vulnerable (the plan "
+                    "log names each). Off: such a model is a plan problem."),
     "aws_conn_id": Param("aws_default", type="string", description="Airflow AWS connection for SageMaker."),
     "region_name": Param(None, type=["null", "string"], description="AWS region (empty: the connection's)."),
     "objectives": Param(["test_accuracy:max", "test_throughput:max"], type="array", items={"type": "string"},

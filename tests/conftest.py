@@ -151,7 +151,8 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 # Module-scoped fixtures that are expensive to make (a running Airflow, trained models, converted
 # weights) or that carry state from one test to the next (a study killed mid-run).
-SHARED_MODULE_FIXTURES = frozenset({"airflow", "finished_run", "killed_study", "study", "feature_sets", "lite0"})
+SHARED_MODULE_FIXTURES = frozenset({"airflow", "finished_run", "killed_study", "faulted_study", "study", "feature_sets",
+                                    "lite0"})
 
 
 def pytest_collection_modifyitems(items) -> None:

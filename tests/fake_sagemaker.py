@@ -13,6 +13,15 @@ the clients of every process (real Airflow): `ServerThrottle` (ThrottlingExcepti
 call or in bursts per job), `ServerQuota` (ResourceLimitExceeded past the account's training-instance
 quota, counted from moto's own jobs), `ServerDeny` (AccessDeniedException for named jobs) and
 `ServerStop` (StopHyperParameterTuningJob, which moto's server lacks).
+
+Operations moto 5.2.5's server does not implement at all are added to its own response classes while
+a fake lives (`MotoAdditions`), so they pass through moto's routing, its authorization (when a test
+enforces it) and its serializer, which writes the service model's response shape:
+ListTrainingJobsForHyperParameterTuningJob (from moto's training jobs of that tuning job), IAM's
+SimulatePrincipalPolicy (moto's own policy evaluator over moto's IAM state) and Service Quotas'
+ListServiceQuotas (SageMaker's training-instance quotas, which a test sets in `training_quotas`).
+Every training job the driver creates carries TrainingTimeInSeconds and BillableTimeInSeconds, as
+SageMaker reports them (billable below training time under managed spot training).
 """
 
 from __future__ import annotations
@@ -38,6 +47,20 @@ from model_selection.metrics import extract_final_metrics
 REGION = "us-west-2"
 ACCOUNT = "123456789012"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/sagemaker-execution"
+SAGEMAKER_TRUST = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
+# What ROLE may do: read the study's data and the region's JumpStart bucket, write under the data bucket.
+ROLE_S3_POLICY = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket", "s3:PutObject"],
+     "Resource": ["arn:aws:s3:::study-data", "arn:aws:s3:::study-data/*"]},
+    {"Effect": "Allow", "Action": ["s3:GetObject", "s3:ListBucket"],
+     "Resource": [f"arn:aws:s3:::jumpstart-cache-prod-{REGION}", f"arn:aws:s3:::jumpstart-cache-prod-{REGION}/*"]}]}
+# Service Quotas' training-instance quotas of the fake account (instances of each type for training jobs).
+DEFAULT_TRAINING_QUOTAS = {"ml.g4dn.xlarge": 8.0, "ml.p3.2xlarge": 8.0}
+# Each training job's TrainingTimeInSeconds is TRAINING_SECONDS + 100 x its index (1, 2, ...); under managed
+# spot training SageMaker bills SPOT_BILLED_FRACTION of it.
+TRAINING_SECONDS = 400
+SPOT_BILLED_FRACTION = 0.3
 
 
 def jumpstart_log(model_id: str, learning_rate: float) -> str:
@@ -65,13 +88,17 @@ def jumpstart_log(model_id: str, learning_rate: float) -> str:
 
 class FakeSageMaker:
     def __init__(self, run_seconds: float = 1.0, failing: tuple[str, ...] = (), missing_metrics: tuple[str, ...] = (),
-                 stopped_in_console: tuple[str, ...] = (), run_seconds_by_model: dict[str, float] | None = None,
+                 run_seconds_by_model: dict[str, float] | None = None,
                  server_throttle: tuple[str, ...] = (), throttle_burst: int = 0,
-                 quota_jobs: int | None = None, denied: tuple[str, ...] = (), retries: dict | None = None):
+                 quota_jobs: int | None = None, denied: tuple[str, ...] = (), retries: dict | None = None,
+                 training_quotas: dict[str, float] | None = None):
         # Every fault is answered by the server itself, so it reaches clients in any process (real Airflow):
         # throttling, the account's training-instance quota (`quota_jobs` tuning jobs' worth), describes
         # refused to the jobs whose names start with one of `denied`, and StopHyperParameterTuningJob
-        # (which moto's server does not implement).
+        # (which moto's server does not implement). `training_quotas`: what Service Quotas answers for
+        # "<instance type> for training job usage" (DEFAULT_TRAINING_QUOTAS unless given).
+        self.training_quotas = dict(DEFAULT_TRAINING_QUOTAS if training_quotas is None else training_quotas)
+        self.additions = MotoAdditions(self)
         self.server_throttle = ServerThrottle(server_throttle, burst=throttle_burst)
         self.quota = ServerQuota(self, quota_jobs)
         self.deny = ServerDeny(denied)
@@ -91,9 +118,10 @@ class FakeSageMaker:
         self.calls: Counter = Counter()  # (operation, job or listing filter) -> requests past the throttle
         self.stop_requested: set[str] = set()
         self.finish_requested: set[str] = set()
-        self.stopped_in_console = stopped_in_console  # model ids whose jobs someone stops as soon as they run
         self._stop = threading.Event()
         self._patch_new_jobs_to_start_in_progress()
+        self.additions.install()
+        self.create_execution_role()
         self._driver = threading.Thread(target=self._drive, daemon=True)
         self._driver.start()
 
@@ -132,12 +160,20 @@ class FakeSageMaker:
 
         models.HyperParameterTuningJob.__init__ = start_in_progress
 
+    def create_execution_role(self) -> None:
+        """ROLE, trusted by SageMaker, reading the study's data and the JumpStart bucket: what the plan's preflight asks."""
+        iam = self.client("iam")
+        iam.create_role(RoleName=ROLE.rsplit("/", 1)[-1], AssumeRolePolicyDocument=json.dumps(SAGEMAKER_TRUST))
+        iam.put_role_policy(RoleName=ROLE.rsplit("/", 1)[-1], PolicyName="s3",
+                            PolicyDocument=json.dumps(ROLE_S3_POLICY))
+
     def close(self) -> None:
         from moto.sagemaker import models
 
         self._stop.set()
         self._driver.join(timeout=5)
         models.HyperParameterTuningJob.__init__ = self._original_init
+        self.additions.remove()
         self.server.stop()
 
     # -- what a test does to jobs ----------------------------------------------------------------
@@ -164,7 +200,7 @@ class FakeSageMaker:
                 if job.hyper_parameter_tuning_job_status != "InProgress":
                     continue
                 self.started.setdefault(name, time.monotonic())
-                if name in self.stop_requested or _model_id(job) in self.stopped_in_console:
+                if name in self.stop_requested:
                     self._end(job, "Stopped", "Stopped by a user in the console")
                 elif name in self.finish_requested or time.monotonic() - self.started[name] >= \
                         self.run_seconds_by_model.get(_model_id(job), self.run_seconds):
@@ -183,25 +219,21 @@ class FakeSageMaker:
         definition = job.training_job_definition
         static = definition["StaticHyperParameters"]
         model_id = _model_id(job)
+        rates = job.hyper_parameter_tuning_job_config["ParameterRanges"]["CategoricalParameterRanges"][0]["Values"]
         if any(marker in model_id for marker in self.failing):
-            self._end(job, "Failed", "No training job succeeded after 2 attempts. AlgorithmError: ExecuteUserScriptError: "
-                                     "CUDA out of memory")
+            reason = "AlgorithmError: ExecuteUserScriptError: CUDA out of memory"
+            for index, rate in enumerate(rates, start=1):  # each trial ran (and was billed) until it failed
+                trial = self._create_trial(job, index, rate)
+                trial.training_job_status = trial.secondary_status = "Failed"
+                trial.failure_reason = reason
+            self._end(job, "Failed", f"No training job succeeded after 2 attempts. {reason}")
             return
-        sagemaker, logs = self.client("sagemaker"), self.client("logs")
+        logs = self.client("logs")
         if "/aws/sagemaker/TrainingJobs" not in [g["logGroupName"] for g in logs.describe_log_groups()["logGroups"]]:
             logs.create_log_group(logGroupName="/aws/sagemaker/TrainingJobs")
-        rates = job.hyper_parameter_tuning_job_config["ParameterRanges"]["CategoricalParameterRanges"][0]["Values"]
         trials = []
         for index, rate in enumerate(rates, start=1):
-            name = f"{job.hyper_parameter_tuning_job_name}-{index:03d}-{hashlib.sha1(rate.encode()).hexdigest()[:8]}"
-            sagemaker.create_training_job(
-                TrainingJobName=name, HyperParameters={**static, "learning_rate": rate},
-                AlgorithmSpecification={key: definition["AlgorithmSpecification"][key]
-                                        for key in ("TrainingImage", "TrainingInputMode")},
-                RoleArn=definition["RoleArn"], InputDataConfig=definition["InputDataConfig"],
-                OutputDataConfig=definition["OutputDataConfig"], ResourceConfig=definition["ResourceConfig"],
-                StoppingCondition=definition["StoppingCondition"],
-            )
+            name = self._create_trial(job, index, rate).training_job_name
             text = jumpstart_log(model_id, float(rate))
             stream = f"{name}/algo-1-1700000000"
             logs.create_log_stream(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream)
@@ -226,6 +258,154 @@ class FakeSageMaker:
         job.objective_status_counters = dict(job.objective_status_counters, Pending=0, Succeeded=len(trials))
         job.hyper_parameter_tuning_end_time = job.last_modified_time = _now()
         job.hyper_parameter_tuning_job_status = "Completed"
+
+    def _create_trial(self, job: Any, index: int, rate: str) -> Any:
+        """One training job of the tuning job, through the API, with the times SageMaker reports once it has run."""
+        definition = job.training_job_definition
+        name = f"{job.hyper_parameter_tuning_job_name}-{index:03d}-{hashlib.sha1(rate.encode()).hexdigest()[:8]}"
+        spot = bool(definition.get("EnableManagedSpotTraining"))
+        self.client("sagemaker").create_training_job(
+            TrainingJobName=name, HyperParameters={**definition["StaticHyperParameters"], "learning_rate": rate},
+            AlgorithmSpecification={key: definition["AlgorithmSpecification"][key]
+                                    for key in ("TrainingImage", "TrainingInputMode")},
+            RoleArn=definition["RoleArn"], InputDataConfig=definition["InputDataConfig"],
+            OutputDataConfig=definition["OutputDataConfig"], ResourceConfig=definition["ResourceConfig"],
+            StoppingCondition=definition["StoppingCondition"], EnableManagedSpotTraining=spot,
+        )
+        trial = self.backend.training_jobs[name]
+        trial.tuning_job_arn = job.arn
+        trial.training_time_in_seconds = TRAINING_SECONDS + 100 * index
+        trial.billable_time_in_seconds = round(trial.training_time_in_seconds * (SPOT_BILLED_FRACTION if spot else 1))
+        return trial
+
+
+class MotoAdditions:
+    """Operations moto's server lacks, added to moto's response classes while a fake lives.
+
+    They are answered through moto's own routing, authorization (a test that enforces it sees
+    AccessDenied for a caller whose policy lacks the action) and serializer, which writes each
+    operation's response shape from botocore's service model.
+
+    - SageMaker ListTrainingJobsForHyperParameterTuningJob: moto's training jobs whose TuningJobArn
+      is the tuning job's, as HyperParameterTrainingJobSummary items, sorted by name, paged.
+    - IAM SimulatePrincipalPolicy: each action on each resource decided by moto's own policy
+      evaluator (`moto.iam.access_control.IAMPolicy`, the one behind its request authorization) over
+      the inline and attached policies of the role or user in moto's IAM state: an explicit Deny
+      wins, an Allow allows, nothing is an implicit deny. The context entries are passed to its
+      condition check. Nothing else the real simulator weighs is modelled: groups, permissions
+      boundaries, SCPs, resource policies, session policies.
+    - Service Quotas ListServiceQuotas for `sagemaker`: one "<type> for training job usage" quota per
+      entry of the fake's `training_quotas`.
+    """
+
+    def __init__(self, fake: FakeSageMaker):
+        self.fake = fake
+        self.added: list[tuple[type, str]] = []
+
+    def install(self) -> None:
+        from moto.iam.responses import IamResponse
+        from moto.sagemaker.responses import SageMakerResponse
+        from moto.servicequotas.responses import ServiceQuotasResponse
+
+        fake = self.fake
+
+        def list_service_quotas(response: Any) -> str:
+            return _list_service_quotas(response, fake.training_quotas)
+
+        for response_class, name, method in (
+                (SageMakerResponse, "list_training_jobs_for_hyper_parameter_tuning_job", _list_training_jobs_for_tuning_job),
+                (IamResponse, "simulate_principal_policy", _simulate_principal_policy),
+                (ServiceQuotasResponse, "list_service_quotas", list_service_quotas)):
+            setattr(response_class, name, method)
+            self.added.append((response_class, name))
+
+    def remove(self) -> None:
+        for response_class, name in self.added:
+            delattr(response_class, name)
+        self.added.clear()
+
+
+def _list_training_jobs_for_tuning_job(response: Any) -> Any:
+    from moto.core.responses import ActionResult
+    from moto.sagemaker.exceptions import ResourceNotFound
+
+    backend = response.sagemaker_backend
+    name = response._get_param("HyperParameterTuningJobName")
+    tuning = backend.hyper_parameter_tuning_jobs.get(name)
+    if tuning is None:
+        raise ResourceNotFound(f"Amazon SageMaker can't find a tuning job with name {name}")
+    tuned = [item["Name"] for item in tuning.hyper_parameter_tuning_job_config["ParameterRanges"]
+             .get("CategoricalParameterRanges", [])]
+    status = response._get_param("StatusEquals")
+    trials = sorted((trial for trial in list(backend.training_jobs.values())
+                     if getattr(trial, "tuning_job_arn", None) == tuning.arn
+                     and status in (None, trial.training_job_status)), key=lambda trial: trial.training_job_name)
+    start = int(response._get_param("NextToken") or 0)
+    end = start + int(response._get_param("MaxResults") or 10)
+    summaries = [{
+        "TrainingJobName": trial.training_job_name, "TrainingJobArn": trial.arn, "TuningJobName": name,
+        "CreationTime": trial.creation_time, "TrainingStartTime": trial.training_start_time,
+        "TrainingEndTime": trial.training_end_time, "TrainingJobStatus": trial.training_job_status,
+        "TunedHyperParameters": {key: trial.hyper_parameters[key] for key in tuned},
+        **({"FailureReason": trial.failure_reason} if getattr(trial, "failure_reason", None) else {}),
+    } for trial in trials[start:end]]
+    return ActionResult({"TrainingJobSummaries": summaries, **({"NextToken": str(end)} if end < len(trials) else {})})
+
+
+def _principal_policies(backend: Any, arn: str) -> list[Any]:
+    """The inline and attached policies of the role or user an ARN names (NoSuchEntity when there is none)."""
+    kind, name = arn.split(":", 5)[5].split("/", 1)[0], arn.rsplit("/", 1)[-1]
+    if kind == "role":
+        backend.get_role(name)
+        inline = [backend.get_role_policy(name, policy)[1] for policy in backend.list_role_policies(name)]
+        return inline + list(backend.list_attached_role_policies(name)[0])
+    backend.get_user(name)
+    inline = [backend.get_user_policy(name, policy) for policy in backend.list_user_policies(name)]
+    return inline + list(backend.list_attached_user_policies(name)[0])
+
+
+def _simulate_principal_policy(response: Any) -> Any:
+    from moto.core.responses import ActionResult
+    from moto.iam.access_control import IAMPolicy, PermissionResult
+
+    policies = [IAMPolicy(policy) for policy in _principal_policies(response.backend, response._get_param("PolicySourceArn"))]
+    context = {entry["ContextKeyName"]: entry["ContextKeyValues"][0]
+               for entry in response._get_param("ContextEntries", []) if entry.get("ContextKeyValues")}
+
+    def decision(action: str, resource: str) -> str:
+        results = {policy.is_action_permitted(action, resource, incoming_condition_values=context) for policy in policies}
+        if PermissionResult.DENIED in results:
+            return "explicitDeny"
+        return "allowed" if PermissionResult.PERMITTED in results else "implicitDeny"
+
+    resources = response._get_param("ResourceArns", []) or ["*"]
+    results = []
+    for action in response._get_param("ActionNames", []):
+        decisions = [(resource, decision(action, resource)) for resource in resources]
+        overall = next((d for _, d in decisions if d != "allowed"), "allowed")
+        results.append({"EvalActionName": action, "EvalResourceName": resources[0] if len(resources) == 1 else "*",
+                        "EvalDecision": overall,
+                        **({"ResourceSpecificResults": [{"EvalResourceName": resource, "EvalResourceDecision": d}
+                                                        for resource, d in decisions]} if len(resources) > 1 else {})})
+    return ActionResult({"EvaluationResults": results, "IsTruncated": False})
+
+
+def training_quota_code(instance_type: str) -> str:
+    return "L-" + hashlib.sha1(instance_type.encode()).hexdigest()[:8].upper()
+
+
+def _list_service_quotas(response: Any, training_quotas: dict[str, float]) -> str:
+    from moto.servicequotas.exceptions import NoSuchResource
+
+    params = json.loads(response.body)
+    if params.get("ServiceCode") != "sagemaker":
+        raise NoSuchResource
+    region, account = response.region, response.current_account
+    quotas = [{"ServiceCode": "sagemaker", "ServiceName": "Amazon SageMaker", "QuotaCode": training_quota_code(kind),
+               "QuotaArn": f"arn:aws:servicequotas:{region}:{account}:sagemaker/{training_quota_code(kind)}",
+               "QuotaName": f"{kind} for training job usage", "Value": value, "Unit": "None", "Adjustable": True,
+               "GlobalQuota": False} for kind, value in sorted(training_quotas.items())]
+    return json.dumps({"Quotas": quotas})
 
 
 def _model_id(job: Any) -> str:

@@ -1,20 +1,19 @@
 """Faults injected into whole studies, with the figures.
 
-On the SageMaker backend, the throttling, quota, unreadable-job and kill-while-poking scenarios
-and one launch failing for good run the DAG with real `airflow dags test` (each study in its own
+On the SageMaker backend every scenario runs the DAG with real `airflow dags test` (each study in its own
 process and Airflow home) against moto's server, whose answers carry every fault
-(tests/fake_sagemaker.py); a few older scenarios still run the launch operator (re-run when it
-defers), the sensor's trigger and collection in this process. The results store is written by
-real processes, one of them SIGKILLed mid-write. On the local backend, real `airflow dags test`
-runs are killed and re-run, with credentials in their environment that must show up nowhere.
+(tests/fake_sagemaker.py): throttling, the account's quota, an unreadable job, a kill while poking, one
+launch failing for good, and one study whose first run has a model failing in training, one stopped in
+the console and one whose wait is denied, followed by its collection run again (`airflow tasks test`)
+and a second run. The results store is written by real processes, one of them SIGKILLed mid-write. On
+the local backend, real `airflow dags test` runs are killed and re-run, with credentials in their
+environment that must show up nowhere.
 Each records: models, faults injected, models completed, duplicate launches, results lost.
 `make reliability` prints the table (pytest's terminal summary).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -25,37 +24,29 @@ import shutil
 import signal
 import sqlite3
 import string
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TypeVar
 
 import psutil
 import pytest
-from airflow.sdk.exceptions import AirflowException, TaskDeferred
-from airflow_env import DAG_ID, airflow_environment, dags_test, dags_test_process, migrate, run_succeeded
-from botocore.awsrequest import AWSResponse
+from airflow_env import AIRFLOW, DAG_ID, airflow_environment, dags_test, dags_test_process, migrate, run_succeeded
 from conftest import write_image_folders
-from fake_sagemaker import ROLE, _Raw, serving
+from fake_sagemaker import ROLE, serving
 from test_dag import TINY
 
 from model_selection.backends.local import LocalSageMakerClient
-from model_selection.collection import collect_row
-from model_selection.dag_tasks import collect_task, plan_task
-from model_selection.hooks import tuning_job_hook
+from model_selection.dag_tasks import plan_task
 from model_selection.local.jobstore import JobStore, read_json
-from model_selection.operators import TuningJobLaunchOperator
-from model_selection.results import ResultsStore
-from model_selection.sensors import TuningJobSensor
-from model_selection.triggers import TuningJobTrigger
+from model_selection.results import ResultsStore, safe_file_name
 from model_selection.tuning_request import build_tuning_request
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CURATED = [line.strip() for line in (PROJECT_ROOT / "include" / "model_lists" / "jumpstart-caltech256-frontier.txt")
            .read_text().splitlines() if line.strip() and not line.startswith("#")]
-CONTEXT = {"dag": SimpleNamespace(dag_id="reliability"), "run_id": "manual__reliability"}
 FIGURES: list[dict] = []
 T = TypeVar("T")
 
@@ -68,176 +59,6 @@ def study_params(tmp_path: Path, models: list[str], max_concurrent: int = 100) -
     return {"backend": "sagemaker", "model_ids": models, "role_arn": ROLE, "output_path": "s3://study-data/output",
             "dataset": {"name": "pets", "training": "s3://study-data/pets/training"},
             "max_concurrent_tuning_jobs": max_concurrent, "results_uri": str(tmp_path / "results")}
-
-
-def launch_all(planned: dict) -> tuple[list[dict], Counter]:
-    """Each launch through the operator, re-run after each deferral as Airflow would (sooner: 0.2 s);
-    returns what each launch returned and the deferrals per model."""
-    jobs, deferrals = [], Counter()
-    for launch in planned["launches"]:
-        kwargs: dict = {}
-        while True:
-            try:
-                jobs.append(TuningJobLaunchOperator(task_id="launch", launch=launch).execute(dict(CONTEXT), **kwargs))
-                break
-            except TaskDeferred as deferred:  # Airflow would resume it after the trigger fires
-                deferrals[launch["model_id"]] += 1
-                kwargs = deferred.kwargs
-                time.sleep(0.2)
-    return jobs, deferrals
-
-
-def wait_all(jobs: list[dict]) -> list[dict]:
-    """Every job's trigger at once, in one event loop as in the triggerer; the first event of each."""
-    async def wait():
-        async def first(job):
-            async for event in TuningJobTrigger(job["job_name"], job["hook_params"], 0.2, time.time() + 300).run():
-                return event.payload
-
-        return await asyncio.gather(*(first(job) for job in jobs))
-
-    return asyncio.run(wait())
-
-
-def collect(tmp_path: Path, planned: dict, run_id: str = CONTEXT["run_id"]) -> dict[str, dict]:
-    """One row per planned model, written to the store as the run's collection; the rows by model."""
-    hook = tuning_job_hook(planned["hook_params"])
-    rows = [collect_row(hook, launch, planned["study"], run_id) for launch in planned["launches"]]
-    ResultsStore(str(tmp_path / "results")).append(rows, run_id=run_id, batch="collected")
-    return {row["model_id"]: row for row in rows}
-
-
-def run_study(tmp_path: Path, models: list[str], max_concurrent: int = 100) -> dict:
-    """Plan, launch (re-running deferred launches), wait for all at once, collect into a store."""
-    planned = plan_task(study_params(tmp_path, models, max_concurrent), tmp_path)
-    jobs, deferrals = launch_all(planned)
-    events = wait_all(jobs)
-    collect(tmp_path, planned)
-    rows = ResultsStore(str(tmp_path / "results")).read_latest(dataset="pets")
-    return {"planned": planned, "events": events, "rows": rows,
-            "deferrals": sum(deferrals.values()), "deferred": deferrals}
-
-
-def duplicates(fake, models: list[str]) -> int:
-    """Tuning jobs created beyond one per model (moto keeps every job it created)."""
-    return len(fake.backend.hyper_parameter_tuning_jobs) - len(models)
-
-
-def test_a_failing_and_a_stopped_model_do_not_stop_the_others(tmp_path, monkeypatch):
-    models = CURATED[:6]
-    with serving(tmp_path, monkeypatch, models, run_seconds=0.5, failing=(models[1],),
-                 stopped_in_console=(models[2],)) as fake:
-        study = run_study(tmp_path, models)
-        statuses = {row["model_id"]: row["status"] for row in study["rows"]}
-        record("a model that fails, a model stopped in the console", models=len(models), faults=2,
-               completed=sum(status == "Completed" for status in statuses.values()),
-               duplicates=duplicates(fake, models), lost=len(models) - len(study["rows"]))
-        assert statuses.pop(models[1]) == "Failed" and statuses.pop(models[2]) == "Stopped"
-        assert set(statuses.values()) == {"Completed"}
-
-
-class DenyDescribe:
-    """Answers AccessDeniedException (as botocore would receive it) to describes of the named jobs."""
-
-    def __init__(self):
-        self.names: set[str] = set()
-        self.denied = 0
-
-    def __call__(self, request, event_name: str, **kwargs):
-        if not event_name.endswith("DescribeHyperParameterTuningJob"):
-            return None
-        name = json.loads(request.body or b"{}").get("HyperParameterTuningJobName")
-        if name not in self.names:
-            return None
-        self.denied += 1
-        body = json.dumps({"__type": "AccessDeniedException", "message": "User is not authorized to perform: "
-                           "sagemaker:DescribeHyperParameterTuningJob"}).encode()
-        return AWSResponse(request.url, 400, {"x-amzn-ErrorType": "AccessDeniedException"}, _Raw(body))
-
-
-def test_a_wait_failed_while_its_job_runs_then_a_rerun_attaches_and_collects_it(tmp_path, monkeypatch, hooked):
-    """One model's wait ends in error (describe denied) while its job runs: the run's collection says
-    InProgress; the re-run of the same inputs plans to attach to that job, launches nothing, and
-    collects its Completed result once it ends."""
-    models = CURATED[:3]
-    slow = models[0]
-    with serving(tmp_path, monkeypatch, models, run_seconds=0.5, run_seconds_by_model={slow: 3600}) as fake:
-        deny = DenyDescribe()
-        hooked.append(deny)
-        planned = plan_task(study_params(tmp_path, models), tmp_path)
-        jobs, _ = launch_all(planned)
-        name = jobs[0]["job_name"]
-        deny.names.add(name)
-        events = wait_all(jobs)
-        deny.names.clear()
-        assert events[0]["outcome"] == "error" and "AccessDeniedException" in events[0]["reason"], events[0]
-        assert [event["outcome"] for event in events[1:]] == ["success", "success"]
-        with pytest.raises(AirflowException, match="AccessDenied"):  # the sensor fails the wait, retryable
-            TuningJobSensor(task_id="wait", job=jobs[0]).execute_complete(dict(CONTEXT), events[0])
-        first = collect(tmp_path, planned, "manual__first")
-        assert first[slow]["status"] == "InProgress" and fake.backend.hyper_parameter_tuning_jobs[name] \
-            .hyper_parameter_tuning_job_status == "InProgress"
-
-        replanned = plan_task(study_params(tmp_path, models), tmp_path)
-        assert replanned["skipped"] == models[1:]
-        [relaunch] = replanned["launches"]
-        assert (relaunch["model_id"], relaunch["job_name"], relaunch["attaching"]) == (slow, name, True)
-        rejobs, _ = launch_all(replanned)
-        fake.finish_now(name)
-        [event] = wait_all(rejobs)
-        second = collect(tmp_path, replanned, "manual__second")
-        latest = {row["model_id"]: row for row in ResultsStore(str(tmp_path / "results")).read_latest(dataset="pets")}
-        record("a wait failed while its job ran, then a re-run", models=len(models), faults=1,
-               completed=sum(row["status"] == "Completed" for row in latest.values()),
-               duplicates=duplicates(fake, models), lost=len(set(models) - set(latest)))
-        assert deny.denied >= 1 and event["outcome"] == "success"
-        assert duplicates(fake, models) == 0 and rejobs[0]["job_name"] == name
-        assert second[slow]["status"] == "Completed" and second[slow]["tuning_job_name"] == name
-        assert latest[slow] == second[slow] and second[slow]["test_accuracy"] > 0.5
-        assert {row["status"] for row in latest.values()} == {"Completed"}
-
-
-class XComs:
-    """What a task instance's `xcom_pull` returns for the run (Airflow's XCom interface, not code under test)."""
-
-    def __init__(self, planned: dict, launched: list[dict], waited: list[dict | None]):
-        self.dag_id = "reliability"
-        self.values = {("plan", "return_value", None): planned["launches"], ("plan", "study", None): planned["study"],
-                       ("plan", "hook_params", None): planned["hook_params"],
-                       ("screen", "return_value", None): planned["launches"]}
-        for index, (job, wait) in enumerate(zip(launched, waited)):
-            self.values[("lane.launch", "return_value", index)] = job
-            self.values[("lane.wait", "return_value", index)] = wait
-
-    def xcom_pull(self, task_ids: str, key: str = "return_value", map_indexes: int | None = None):
-        return self.values.get((task_ids, key, map_indexes))
-
-
-def test_collect_metrics_retried_after_it_wrote_adds_no_rows(tmp_path, monkeypatch):
-    """The DAG's collection runs twice for one run (a retry after it wrote its rows): the run's rows
-    are its models, once each."""
-    models = CURATED[:4]
-    with serving(tmp_path, monkeypatch, models, run_seconds=0.5, failing=(models[3],)) as fake:
-        planned = plan_task(study_params(tmp_path, models), tmp_path)
-        jobs, _ = launch_all(planned)
-        waited = []
-        for job, event in zip(jobs, wait_all(jobs)):
-            try:
-                waited.append(TuningJobSensor(task_id="wait", job=job).execute_complete(dict(CONTEXT), event))
-            except AirflowException:
-                waited.append(None)  # a failed wait pushes no XCom
-        ti = XComs(planned, jobs, waited)
-        first = collect_task(ti, CONTEXT["run_id"])
-        second = collect_task(ti, CONTEXT["run_id"])  # the retry
-        store = ResultsStore(str(tmp_path / "results"))
-        rows = [row for row in store.read_all() if row["dag_run_id"] == CONTEXT["run_id"]]
-        record("collect_metrics retried after it wrote", models=len(models), faults=1,
-               completed=sum(row["status"] == "Completed" for row in rows),
-               duplicates=len(rows) - len({row["model_id"] for row in rows}),
-               lost=len(set(models) - {row["model_id"] for row in rows}))
-        assert first["files"] == second["files"] and len(first["files"]) == 1
-        assert sorted(row["model_id"] for row in rows) == sorted(models)
-        assert second["completed"] == 3 and second["failed"] == [models[3]] and duplicates(fake, models) == 0
 
 
 def _write_rows(uri: str, writer: int, start=None) -> None:
@@ -670,12 +491,15 @@ def test_one_launch_failing_for_good_among_six_fails_no_other_lane(tmp_path, mon
 # sets its tasks' timings): seconds instead of the DAG's minutes; nothing else of the DAG changes.
 
 POLICY = '''"""This Airflow home's cluster policy: operator settings per task id, from MODEL_SELECTION_TEST_LANES."""
+import datetime
 import json
 import os
 
 
 def task_policy(task):
     for name, value in json.loads(os.environ.get("MODEL_SELECTION_TEST_LANES", "{}")).get(task.task_id, {}).items():
+        if name == "retry_delay":  # given in seconds; a mapped operator keeps it as a timedelta
+            value = datetime.timedelta(seconds=value)
         partial = getattr(task, "partial_kwargs", None)  # a mapped operator keeps its arguments there
         if partial is not None:
             partial[name] = value
@@ -685,6 +509,8 @@ def task_policy(task):
 FAST_LANES = {"lane.launch": {"wait_seconds": 1, "max_wait_seconds": 2, "capacity_check_seconds": 1},
               "lane.wait": {"poke_interval": 1}}
 POKING_LANES = {**FAST_LANES, "lane.wait": {"poke_interval": 1, "deferrable": False}}
+# The DAG's own retries of a failed wait (2), 1 s apart instead of its 30 s and more.
+QUICK_RETRY_LANES = {**FAST_LANES, "lane.wait": {**FAST_LANES["lane.wait"], "retry_delay": 1}}
 
 
 def sagemaker_home(root: Path, migrated_database: Path, lanes: dict = FAST_LANES) -> dict[str, str]:
@@ -739,22 +565,39 @@ def xcom_value(value) -> object:
     return value
 
 
+LATEST_RUN = f"(SELECT run_id FROM dag_run WHERE dag_id = '{DAG_ID}' ORDER BY id DESC LIMIT 1)"
+
+
 def lanes_of_run(database: Path) -> dict[int, dict[str, dict]]:
-    """Per map index, for `launch` and `wait`: the task instance's state, its map-index label as the UI shows it
-    (`task_instance.rendered_map_index`) and its XCom, from the run's metadata database."""
+    """Per map index, for `launch` and `wait` of the latest run: the task instance's state, try number, map-index
+    label as the UI shows it (`task_instance.rendered_map_index`) and XCom, from the metadata database."""
     with sqlite3.connect(database) as connection:
         instances = connection.execute(
-            "SELECT task_id, map_index, state, rendered_map_index FROM task_instance WHERE dag_id = ? "
-            "AND task_id IN ('lane.launch', 'lane.wait')", (DAG_ID,)).fetchall()
+            "SELECT task_id, map_index, state, try_number, rendered_map_index FROM task_instance WHERE dag_id = ? "
+            f"AND task_id IN ('lane.launch', 'lane.wait') AND run_id = {LATEST_RUN}", (DAG_ID,)).fetchall()
         xcoms = connection.execute(
             "SELECT task_id, map_index, value FROM xcom WHERE dag_id = ? AND key = 'return_value' "
-            "AND task_id IN ('lane.launch', 'lane.wait')", (DAG_ID,)).fetchall()
+            f"AND task_id IN ('lane.launch', 'lane.wait') AND run_id = {LATEST_RUN}", (DAG_ID,)).fetchall()
     lanes: dict[int, dict[str, dict]] = {}
-    for task_id, index, state, label in instances:
-        lanes.setdefault(index, {})[task_id.split(".")[1]] = {"state": state, "label": label, "xcom": None}
+    for task_id, index, state, try_number, label in instances:
+        lanes.setdefault(index, {})[task_id.split(".")[1]] = {"state": state, "try_number": try_number,
+                                                              "label": label, "xcom": None}
     for task_id, index, value in xcoms:
         lanes[index][task_id.split(".")[1]]["xcom"] = xcom_value(value)
     return lanes
+
+
+def latest_run_state(database: Path, task_id: str, map_index: int = 0) -> tuple[str | None, str | None]:
+    """(run id, state of the task instance) of the DAG's latest run, read while `airflow dags test` may be
+    writing; (None, None) while there is no run yet or the run holds the database's lock (look again later)."""
+    try:
+        with sqlite3.connect(database, timeout=5) as connection:
+            found = connection.execute(
+                f"SELECT {LATEST_RUN}, (SELECT state FROM task_instance WHERE dag_id = ? AND task_id = ? "
+                f"AND map_index = ? AND run_id = {LATEST_RUN})", (DAG_ID, task_id, map_index)).fetchone()
+    except sqlite3.OperationalError:
+        return None, None
+    return found[0], found[1]
 
 
 def jobs_per_lane(fake) -> Counter:
@@ -783,15 +626,18 @@ def study_rows(root: Path, dataset: str) -> dict[str, dict]:
 
 
 def test_two_studies_sharing_an_account_quota_in_real_airflow(tmp_path, monkeypatch, migrated_database):
-    """Two DAG runs started at once, two studies (data sets `pets`, capped by the study at 2 jobs in flight,
+    """Two DAG runs started at once, two studies (data sets `pets`, capped by the study at 1 job in flight,
     and `dogs`, capped at 100) of four models each, against one account whose training-instance quota fits 3
     tuning jobs: the server refuses every create past it with ResourceLimitExceeded and the service's message.
     Measured from moto's own job list: the account never holds more than 3 jobs in flight (the server
-    refuses), `pets` never more than 2 (only the operator's own count holds it), every model of both
-    studies completes, each launched once."""
+    refuses), `pets` never more than 1 (only the operator's own count holds it), every model of both
+    studies completes, each launched once. Cap 1, not 2: with 2, whether `pets` ever reaches its own cap
+    before the account's quota refuses it depends on how the two runs interleave (a loaded machine's
+    run saw 16 quota waits and none for the cap); with 1, each `pets` launch while its one job runs
+    waits for the cap."""
     models = CURATED[:4]
     with serving(tmp_path, monkeypatch, models, run_seconds=12.0, quota_jobs=3) as fake:
-        caps = {"pets": 2, "dogs": 100}
+        caps = {"pets": 1, "dogs": 100}
         runs = {name: (sagemaker_home(tmp_path / name, migrated_database),
                        study_conf(tmp_path / name, models, name, cap)) for name, cap in caps.items()}
         peaks: Counter = Counter()  # "account" and each study prefix -> most jobs in flight at once
@@ -824,7 +670,7 @@ def test_two_studies_sharing_an_account_quota_in_real_airflow(tmp_path, monkeypa
             assert {step["state"] for lane in lanes[name].values() for step in lane.values()} == {"success"}
             assert {row["status"] for row in rows[name].values()} == {"Completed"} and sorted(rows[name]) == sorted(models)
         assert fake.quota.refused >= 1, "the server never refused a create: the quota was not reached"
-        assert peaks["account"] <= 3 and peaks[prefix["pets"]] <= 2, peaks
+        assert peaks["account"] <= 3 and peaks[prefix["pets"]] <= 1, peaks
         assert sum(created.values()) == fake.quota.created == 2 * len(models) and set(created.values()) == {1}
         # every refusal was answered by a launch's deferral, and pets' cap held its launches back itself
         assert waits["pets"]["quota"] + waits["dogs"]["quota"] == fake.quota.refused, waits
@@ -921,19 +767,11 @@ def test_a_poking_wait_killed_stops_its_job_in_real_airflow(tmp_path, monkeypatc
         database = tmp_path / "home" / "airflow.db"
         killed: list[float] = []
 
-        def wait_state() -> str | None:
-            try:
-                with sqlite3.connect(database, timeout=5) as connection:
-                    found = connection.execute("SELECT state FROM task_instance WHERE task_id = 'lane.wait'").fetchone()
-            except sqlite3.OperationalError:  # the run holds the database's lock: look again later
-                return None
-            return found[0] if found else None
-
         def kill_once_poking(processes: dict) -> None:
             jobs = list(fake.backend.hyper_parameter_tuning_jobs)
             # the launch describes the job once; two more describes of it are the sensor's pokes
             if not killed and jobs and fake.calls[("DescribeHyperParameterTuningJob", jobs[0])] >= 3 \
-                    and wait_state() == "running":
+                    and latest_run_state(database, "lane.wait")[1] == "running":
                 os.kill(processes["run"].pid, signal.SIGTERM)  # the task's process, not its group
                 killed.append(time.monotonic())
 
@@ -954,3 +792,196 @@ def test_a_poking_wait_killed_stops_its_job_in_real_airflow(tmp_path, monkeypatc
         assert rows[models[0]]["status"] == "Stopped", rows
         assert run_succeeded(outputs["run"]), outputs["run"][-4000:]  # the run's leaves (collection, report) ran
         assert "asked to stop" in outputs["run"]  # the sensor's on_kill, in the task's log
+
+
+# -- One study, three faults in its first run, its collection run again, then a second run ------------------
+
+
+@dataclasses.dataclass
+class FaultedStudy:
+    """What `faulted_study`'s runs left, read from the metadata database, moto's jobs, the store and the outputs."""
+
+    roles: dict[str, str]  # failing, stopped, denied, completing -> model id
+    outputs: dict[str, str]  # first, collected again, second -> what each Airflow command printed
+    seconds: dict[str, float]  # the same -> how long each took
+    lanes: dict[str, dict[str, dict]]  # first, second -> model id -> {"launch": ..., "wait": ...} (lanes_of_run)
+    first_run_id: str
+    collected: dict[str, list[dict]]  # first, again -> the store's rows of the first run, after each collection
+    collected_files: dict[str, list[str]]  # first, again -> the store's files holding the first run's rows
+    latest: dict[str, dict]  # model id -> its latest row, after the second run
+    jobs: dict[str, dict]  # job name -> model id, DAG run id, status, as moto holds it at the end
+    stopped_by_the_test: list[str]  # StopHyperParameterTuningJob calls the server answered
+    denied: int  # DescribeHyperParameterTuningJob calls the server refused
+    relaunch_attaching: bool  # what the second run's plan said of the denied model's job
+    collected_again_returncode: int
+
+    def jobs_of(self, role: str) -> list[dict]:
+        return [job for job in self.jobs.values() if job["model_id"] == self.roles[role]]
+
+
+def files_of_run(root: Path, run_id: str) -> list[str]:
+    """The results store's files that hold rows of the DAG run (the store names each write after its run)."""
+    return sorted(path.name for path in (root / "results" / "rows" / "pets").glob(f"{safe_file_name(run_id)}-*.jsonl"))
+
+
+@pytest.fixture(scope="module")
+def faulted_study(tmp_path_factory, migrated_database) -> FaultedStudy:
+    """Four models in one Airflow home against moto. First run: the server fails one model's job in training
+    (Failed, with SageMaker's reason); the test stops another's with StopHyperParameterTuningJob as soon as
+    it exists, as a console user would; once the third's launch has succeeded, the server answers
+    AccessDeniedException to every DescribeHyperParameterTuningJob of its job, which runs on, so its wait
+    fails after the DAG's retries. Then the denial is lifted, `airflow tasks test` runs that run's
+    collect_metrics again (a retry after it wrote), and the DAG runs again; the server completes the
+    denied model's job once the second run's launch of it has succeeded."""
+    root = tmp_path_factory.mktemp("faulted")
+    models = CURATED[:4]
+    roles = dict(zip(("failing", "stopped", "denied", "completing"), models))
+    with pytest.MonkeyPatch.context() as monkeypatch, serving(
+            root, monkeypatch, models, run_seconds=2.0, failing=(roles["failing"],),
+            run_seconds_by_model={roles["stopped"]: 3600, roles["denied"]: 3600}) as fake:
+        conf = study_conf(root, models)
+        environment = sagemaker_home(root, migrated_database, QUICK_RETRY_LANES)
+        database = root / "home" / "airflow.db"
+        first = {launch["model_id"]: launch for launch in plan_task(conf, PROJECT_ROOT)["launches"]}
+        denied, stopped = first[roles["denied"]], first[roles["stopped"]]
+        fake.deny.operations = ("DescribeHyperParameterTuningJob",)
+
+        def stop_and_deny(processes: dict) -> None:
+            if not fake.stops.stopped and stopped["job_name"] in fake.backend.hyper_parameter_tuning_jobs:
+                sagemaker = fake.client("sagemaker")  # as a user in the console
+                sagemaker.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=stopped["job_name"])
+            launched = latest_run_state(database, "lane.launch", denied["map_index"])[1] == "success"
+            if launched and not fake.deny.prefixes:
+                fake.deny.prefixes = (denied["job_name"],)
+
+        outputs, seconds, lanes, collected, files = {}, {}, {}, {}, {}
+
+        def by_model(planned: dict) -> dict[str, dict]:
+            """The latest run's lanes by the model the plan gave each map index (any other index as itself)."""
+            found = lanes_of_run(database)
+            models = {launch["map_index"]: model for model, launch in planned.items()}
+            return {models.get(index, f"map index {index}"): lane for index, lane in found.items()}
+
+        started = time.monotonic()
+        outputs["first"] = run_at_once({"run": (environment, conf)}, root / "first", during=stop_and_deny)["run"]
+        seconds["first"], lanes["first"] = time.monotonic() - started, by_model(first)
+        first_run_id = latest_run_state(database, "plan")[0]
+        store = ResultsStore(str(root / "results"))
+
+        def first_run_rows() -> list[dict]:
+            return [row for row in store.read_all() if row["dag_run_id"] == first_run_id]
+
+        collected["first"], files["first"] = first_run_rows(), files_of_run(root, first_run_id)
+        denied_describes = sum(fake.deny.denied.values())
+        fake.deny.prefixes = ()  # the denial lifted
+        fake.run_seconds_by_model.pop(roles["stopped"])  # its next job trains as long as the others
+
+        started = time.monotonic()
+        again = subprocess.run([AIRFLOW, "tasks", "test", DAG_ID, "collect_metrics", first_run_id], env=environment,
+                               capture_output=True, text=True, timeout=600)
+        outputs["collected again"], seconds["collected again"] = again.stdout + again.stderr, time.monotonic() - started
+        collected["again"], files["again"] = first_run_rows(), files_of_run(root, first_run_id)
+
+        second = {launch["model_id"]: launch for launch in plan_task(conf, PROJECT_ROOT)["launches"]}
+        relaunch = second[roles["denied"]]
+
+        def finish_once_attached(processes: dict) -> None:
+            run, state = latest_run_state(database, "lane.launch", relaunch["map_index"])
+            if not fake.finish_requested and run != first_run_id and state == "success":
+                fake.finish_now(relaunch["job_name"])
+
+        started = time.monotonic()
+        outputs["second"] = run_at_once({"run": (environment, conf)}, root / "second",
+                                        during=finish_once_attached)["run"]
+        seconds["second"], lanes["second"] = time.monotonic() - started, by_model(second)
+        jobs = {}
+        for name, job in list(fake.backend.hyper_parameter_tuning_jobs.items()):
+            tags = {tag["Key"]: tag["Value"] for tag in job.tags}
+            jobs[name] = {"model_id": tags["model-selection:model-id"], "run_id": tags["model-selection:run-id"],
+                          "status": job.hyper_parameter_tuning_job_status}
+        return FaultedStudy(
+            roles=roles, outputs=outputs, seconds=seconds, lanes=lanes, first_run_id=first_run_id,
+            collected=collected, collected_files=files, latest=study_rows(root, "pets"), jobs=jobs,
+            stopped_by_the_test=list(fake.stops.stopped), denied=denied_describes,
+            relaunch_attaching=relaunch["attaching"], collected_again_returncode=again.returncode)
+
+
+def test_a_model_failing_in_training_and_one_stopped_in_the_console_in_real_airflow(faulted_study):
+    """First run: the failed and the stopped model's waits fail on their jobs' ends (no retry can change
+    them), their rows say Failed with SageMaker's reason and Stopped; no other lane is touched, the model
+    with no fault completes, collection and the report run."""
+    study, roles = faulted_study, faulted_study.roles
+    rows = {row["model_id"]: row for row in study.collected["first"]}
+    lanes = study.lanes["first"]
+    first_jobs = [job for job in study.jobs.values() if job["run_id"] == study.first_run_id]
+    record(f"one model failing in training, one stopped in the console (real Airflow, {study.seconds['first']:.0f} s; "
+           f"the study's first run)", models=len(roles), faults=2,
+           completed=sum(row["status"] == "Completed" for row in rows.values()),
+           duplicates=len(first_jobs) - len({job["model_id"] for job in first_jobs}),
+           lost=len(set(roles.values()) - set(rows)))
+    assert run_succeeded(study.outputs["first"]), study.outputs["first"][-4000:]
+    failed = rows[roles["failing"]]
+    assert failed["status"] == "Failed" and "CUDA out of memory" in failed["failure_reason"], failed
+    assert rows[roles["stopped"]]["status"] == "Stopped", rows[roles["stopped"]]
+    assert study.stopped_by_the_test == [rows[roles["stopped"]]["tuning_job_name"]]
+    assert study.jobs[rows[roles["stopped"]]["tuning_job_name"]]["status"] == "Stopped"
+    for role in ("failing", "stopped"):  # failed at once: a job's end is final
+        assert lanes[roles[role]]["launch"]["state"] == "success"
+        assert lanes[roles[role]]["wait"]["state"] == "failed" and lanes[roles[role]]["wait"]["try_number"] == 1
+    assert lanes[roles["completing"]]["wait"]["state"] == "success"
+    assert rows[roles["completing"]]["status"] == "Completed" and rows[roles["completing"]]["test_accuracy"] > 0.5
+    assert sorted(rows) == sorted(roles.values()) and sorted(lanes) == sorted(roles.values())
+    assert sorted(job["model_id"] for job in first_jobs) == sorted(roles.values())  # each launched once
+
+
+def test_a_wait_denied_while_its_job_runs_then_a_rerun_attaches_and_collects_it_in_real_airflow(faulted_study):
+    """The denied model's wait fails after the DAG's retries (3 tries) while its job runs on; once the denial
+    is lifted, the second run's plan keeps the job's name and the launch attaches to it: moto holds one job
+    for that model, and its result is collected. The failed and the stopped model, whose jobs ended, are
+    tried again under new names; the completed one is not run again."""
+    study, roles = faulted_study, faulted_study.roles
+    first, second = study.lanes["first"][roles["denied"]], study.lanes["second"][roles["denied"]]
+    job_name = first["launch"]["xcom"]["job_name"]
+    record(f"a wait failed (AccessDenied on its describe, {study.denied} refused) while its job ran, then a re-run "
+           f"(real Airflow, {study.seconds['second']:.0f} s): {len(study.jobs_of('denied'))} job(s) of that model",
+           models=len(roles), faults=1,
+           completed=sum(row["status"] == "Completed" for row in study.latest.values()),
+           duplicates=len(study.jobs_of("denied")) - 1, lost=len(set(roles.values()) - set(study.latest)))
+    assert first["launch"]["state"] == "success" and study.denied >= 3
+    assert first["wait"]["state"] == "failed" and first["wait"]["try_number"] == 3, first
+    assert "AccessDeniedException" in study.outputs["first"]
+    assert run_succeeded(study.outputs["second"]), study.outputs["second"][-4000:]
+    assert study.relaunch_attaching and second["launch"]["xcom"]["job_name"] == job_name
+    assert second["launch"]["label"].endswith("attached to the existing job (InProgress)"), second["launch"]
+    assert second["wait"]["state"] == "success"
+    row = study.latest[roles["denied"]]
+    assert row["status"] == "Completed" and row["tuning_job_name"] == job_name and row["test_accuracy"] > 0.5
+    assert [name for name, job in study.jobs.items() if job["model_id"] == roles["denied"]] == [job_name]  # none again
+    assert study.jobs[job_name]["status"] == "Completed"
+    assert Counter(job["model_id"] for job in study.jobs.values()) == Counter(
+        {roles["failing"]: 2, roles["stopped"]: 2, roles["denied"]: 1, roles["completing"]: 1})
+    assert sorted(study.lanes["second"]) == sorted(roles[role] for role in ("failing", "stopped", "denied"))
+    assert study.latest[roles["stopped"]]["status"] == "Completed"  # its second job
+    assert study.latest[roles["failing"]]["status"] == "Failed"  # the server fails its every job
+
+
+def test_collect_metrics_retried_after_it_wrote_adds_no_rows_in_real_airflow(faulted_study):
+    """`airflow tasks test` runs the first run's collect_metrics again, after it wrote: the run's rows are
+    its models, once each, in the same one file, and they are the retry's (the denied model, readable
+    again, says InProgress where the first collection said Unknown)."""
+    study, roles = faulted_study, faulted_study.roles
+    first = {row["model_id"]: row for row in study.collected["first"]}
+    again = {row["model_id"]: row for row in study.collected["again"]}
+    record(f"collect_metrics retried after it wrote (`airflow tasks test` on the run; real Airflow, "
+           f"{study.seconds['collected again']:.0f} s)", models=len(roles), faults=1,
+           completed=sum(row["status"] == "Completed" for row in again.values()),
+           duplicates=len(study.collected["again"]) - len(again), lost=len(set(roles.values()) - set(again)))
+    assert study.collected_again_returncode == 0, study.outputs["collected again"][-4000:]
+    assert len(study.collected["first"]) == len(first) == len(roles)
+    assert len(study.collected["again"]) == len(again) == len(roles)
+    assert study.collected_files["again"] == study.collected_files["first"] and len(study.collected_files["first"]) == 1
+    denied = first[roles["denied"]]
+    assert denied["status"] == "Unknown" and "AccessDeniedException" in denied["failure_reason"], denied
+    assert again[roles["denied"]]["status"] == "InProgress"
+    assert {model: row["status"] for model, row in again.items() if model != roles["denied"]} == \
+        {model: row["status"] for model, row in first.items() if model != roles["denied"]}

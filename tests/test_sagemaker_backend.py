@@ -69,7 +69,7 @@ def test_the_tuning_request_is_the_notebooks_and_botocore_accepts_it(fake, tmp_p
         assert static["sagemaker_submit_directory"].startswith("s3://jumpstart-cache-prod-us-west-2/")
         assert "learning_rate" not in static and static["batch_size"] == "32"
         channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in definition["InputDataConfig"]}
-        assert channels["training"] == "s3://study-data/pets/training" and launch["model_id"] in channels["model"]
+        assert channels["training"] == "s3://study-data/pets/training/" and launch["model_id"] in channels["model"]
         assert definition["AlgorithmSpecification"]["TrainingImage"].startswith("763104351884.dkr.ecr.us-west-2")
         assert definition["ResourceConfig"]["InstanceType"] == "ml.g4dn.xlarge"
         names = {d["Name"] for d in definition["AlgorithmSpecification"]["MetricDefinitions"]}
@@ -114,6 +114,8 @@ def test_the_hook_refuses_what_the_service_model_refuses_before_sending_it(fake,
              r"NameContains: 'bad_prefix' does not match the pattern [a-zA-Z0-9\-]+")],
         "DescribeTrainingJob": [
             (lambda: hook.describe_training_job("a" * 64), "TrainingJobName: 64 characters, at most 63 allowed")],
+        "ListTrainingJobsForHyperParameterTuningJob": [
+            (lambda: hook.list_training_jobs("bad_name"), f"HyperParameterTuningJobName: 'bad_name' {name_pattern}")],
     }
     used = {operation_for_method(method) for method in re.findall(r"self\.conn\.(\w+)", inspect.getsource(hooks))}
     used.discard(None)  # the local client's training_job_log is no operation of the service
@@ -309,7 +311,9 @@ def test_collected_row_holds_the_best_training_jobs_metrics(fake, tmp_path):
     assert expected["test_throughput"] == pytest.approx(float(printed))
     assert expected["num_params"] == 2257984 + 12810
     assert "test_top_5_accuracy" not in expected  # two classes: the request defines no top-5 metric
-    assert row["model_version"] == launch["model_version"] and row["billable_seconds"] is None  # moto reports none
+    assert row["model_version"] == launch["model_version"]
+    assert row["training_jobs"] == 2 and row["billable_seconds"] == row["training_seconds"] == 500 + 600  # both trials
+    assert "spot_savings" not in row  # on-demand
     assert row["model_artifacts"].startswith("s3://study-data/output/")
     assert row["test_examples"] == 2  # the images under the test prefix: one cat, one dog
     assert row["throughput_measure"] == THROUGHPUT_MEASURES["sagemaker"]
@@ -418,3 +422,39 @@ def test_the_results_store_works_on_s3_through_airflow_object_storage(fake):
         ("m1", "Completed"), ("m2", "Failed")]
     keys = [item["Key"] for item in fake.client("s3").list_objects_v2(Bucket="results")["Contents"]]
     assert len(keys) == 2 and all(key.startswith("model-selection/rows/pets/run-") for key in keys)
+
+
+def test_the_cost_counts_every_training_job_failed_tuning_jobs_and_spot_savings_included(fake, tmp_path):
+    """ListTrainingJobsForHyperParameterTuningJob (which moto lacks: the fake's server answers it from moto's
+    own training jobs) gives every trial; each one's BillableTimeInSeconds is summed and priced."""
+    from model_selection.cost import load_prices, study_total, with_cost
+    from model_selection.hooks import tuning_job_hook
+
+    from fake_sagemaker import SPOT_BILLED_FRACTION, TRAINING_SECONDS
+
+    planned = plan_task({**params(model_ids=[MODELS[0], MODELS[1], MODELS[3]]), "results_uri": str(tmp_path / "results")},
+                        tmp_path)
+    on_demand, spot, failing = planned["launches"]
+    spot = {**spot, "spec": {**spot["spec"], "spot_max_wait_seconds": 172800}}
+    hook = tuning_job_hook(planned["hook_params"])
+    for launch in (on_demand, spot, failing):
+        job = TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT)
+        wait_with_trigger(job)
+    rows = [collect_row(hook, launch, planned["study"], "manual__test") for launch in (on_demand, spot, failing)]
+
+    trials = [TRAINING_SECONDS + 100, TRAINING_SECONDS + 200]  # what the fake reports for trials 1 and 2
+    listed = hook.list_training_jobs(on_demand["job_name"])
+    assert [summary["TunedHyperParameters"] for summary in listed] == [{"learning_rate": "0.001"},
+                                                                        {"learning_rate": "0.0002"}]
+    assert rows[0]["billable_seconds"] == rows[0]["training_seconds"] == sum(trials) and rows[0]["training_jobs"] == 2
+    assert rows[1]["training_seconds"] == sum(trials)
+    assert rows[1]["billable_seconds"] == sum(round(seconds * SPOT_BILLED_FRACTION) for seconds in trials)
+    assert rows[1]["spot_savings"] == pytest.approx(1 - SPOT_BILLED_FRACTION, abs=0.01)
+    assert rows[2]["status"] == "Failed" and rows[2]["billable_seconds"] == sum(trials)  # failed trials were billed
+    prices = load_prices()
+    costed = with_cost(rows, prices, None)
+    hourly = prices.price("ml.g4dn.xlarge")
+    assert [row["cost_usd"] for row in costed] == pytest.approx(
+        [seconds / 3600 * hourly for seconds in (sum(trials), rows[1]["billable_seconds"], sum(trials))])
+    total = study_total(costed)
+    assert total.usd == pytest.approx(sum(row["cost_usd"] for row in costed)) and total.priced == 3

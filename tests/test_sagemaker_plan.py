@@ -246,3 +246,93 @@ def test_a_connection_id_that_names_no_connection_is_one_problem_and_nothing_is_
     assert len(problems) == 1, problems
     assert "AWS connection 'no_such_connection' is not defined" in problems[0]
     assert requests.sent == []
+
+
+# -- account settings, channel prefixes, flagged specs -------------------------------------------------
+
+ACCOUNT_SETTINGS = {"parallel_training_jobs": 1, "volume_size_gb": 100, "vpc_subnets": ["subnet-0123456789abcdef0"],
+                    "vpc_security_group_ids": ["sg-0123456789abcdef0"], "volume_kms_key_id": "alias/training-volumes",
+                    "output_kms_key_id": "alias/artifacts", "enable_network_isolation": True,
+                    "encrypt_inter_container_traffic": True, "managed_spot_training": True}
+
+
+def test_account_settings_reach_every_launch_and_the_script_becomes_the_code_channel(fake, tmp_path):
+    from model_selection.backends.api import request_problems
+    from model_selection.tuning_request import request_for_launch
+
+    launches = plan(tmp_path, **ACCOUNT_SETTINGS)["launches"]
+
+    assert len(launches) == 2
+    for launch in launches:
+        request = request_for_launch(launch)
+        assert request_problems("CreateHyperParameterTuningJob", request) == []
+        definition = request["TrainingJobDefinition"]
+        assert request["HyperParameterTuningJobConfig"]["ResourceLimits"]["MaxParallelTrainingJobs"] == 1
+        assert definition["ResourceConfig"]["VolumeSizeInGB"] == 100
+        assert definition["VpcConfig"] == {"Subnets": ["subnet-0123456789abcdef0"],
+                                           "SecurityGroupIds": ["sg-0123456789abcdef0"]}
+        assert definition["EnableNetworkIsolation"] and definition["EnableManagedSpotTraining"]
+        assert definition["CheckpointConfig"]["S3Uri"] == f"s3://study-data/output/checkpoints/{launch['job_name']}/"
+        channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in definition["InputDataConfig"]}
+        assert channels["code"] == f"s3://{CATALOGUE_BUCKET}/source-directory-tarballs/tensorflow/transfer_learning/ic/" \
+                                   "v2.1.0/sourcedir.tar.gz"  # a file: no '/' added
+        assert definition["StaticHyperParameters"]["sagemaker_submit_directory"] == "/opt/ml/input/data/code/sourcedir.tar.gz"
+        assert channels["model"].endswith(".tar.gz")
+
+
+def test_without_network_isolation_the_script_stays_a_hyperparameter(fake, tmp_path):
+    [launch] = plan(tmp_path, model_ids=MODELS[:1])["launches"]
+
+    assert launch["spec"]["static_hyperparameters"]["sagemaker_submit_directory"].startswith(f"s3://{CATALOGUE_BUCKET}/")
+    assert [c["ChannelName"] for c in launch["spec"]["extra_channels"]] == ["model"]
+
+
+def test_data_channels_are_prefixes_and_sibling_prefixes_count_for_nothing(fake, tmp_path):
+    """`s3://study-data/pets/training` must not read `pets/training-old/`: its four folders would make six classes."""
+    s3 = fake.client("s3")
+    old_classes = [f"pets/training-old/{label}/0001.jpg" for label in ("bird", "fish", "horse", "mouse")]
+    for key in (*old_classes, "pets/test-old/cat/0002.jpg", "pets/test-old/dog/0003.jpg"):
+        s3.put_object(Bucket="study-data", Key=key, Body=b"jpeg")
+
+    planned = plan(tmp_path, model_ids=MODELS[:1])
+
+    [launch] = planned["launches"]
+    assert launch["spec"]["channels"] == {channel: f"s3://study-data/pets/{channel}/"
+                                          for channel in ("training", "validation", "test")}
+    assert planned["study"]["test_examples"] == 2
+    metrics = {definition["Name"] for definition in launch["spec"]["metric_definitions"]}
+    assert "top_5_accuracy" not in metrics  # two classes, not six
+    assert planned["study"]["dataset"]["training"] == "s3://study-data/pets/training"  # the study keeps its hash
+
+
+def flag_spec(tmp_path: Path, model_id: str, **flags) -> None:
+    """Marks a model's spec in the local JumpStart catalogue (deprecated, vulnerable) and drops the SDK's cache."""
+    import json
+
+    from sagemaker.core.jumpstart.accessors import JumpStartModelsAccessor
+
+    path = tmp_path / "jumpstart" / "community_models" / model_id / f"specs_v{MODEL_VERSION}.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **flags}))
+    JumpStartModelsAccessor.reset_cache()
+
+
+def test_deprecated_or_vulnerable_specs_are_refused_unless_tolerated_and_then_named_in_the_log(fake, tmp_path, caplog):
+    flag_spec(tmp_path, MODELS[0], deprecated=True, deprecated_message="superseded by v3")
+    flag_spec(tmp_path, MODELS[1], training_vulnerable=True, training_vulnerabilities=["tensorflow==2.9.0"])
+
+    problems = plan_problems(tmp_path)
+
+    assert len(problems) == 2, problems
+    assert problems[0] == (f"JumpStart model {MODELS[0]!r} version {MODEL_VERSION} is refused: the catalogue marks it "
+                           "deprecated (superseded by v3). Set tolerate_deprecated_or_vulnerable_models to true to "
+                           "train it knowingly")
+    assert problems[1].startswith(f"JumpStart model {MODELS[1]!r} version {MODEL_VERSION} is refused: the catalogue "
+                                  "marks its training script vulnerable (tensorflow==2.9.0).")
+
+    caplog.set_level(logging.WARNING)
+    launches = plan(tmp_path, tolerate_deprecated_or_vulnerable_models=True)["launches"]
+
+    assert [launch["model_id"] for launch in launches] == MODELS[:2]
+    accepted = [record.getMessage() for record in caplog.records if "is accepted although" in record.getMessage()]
+    assert any(MODELS[0] in line and "deprecated (superseded by v3)" in line for line in accepted), accepted
+    assert any(MODELS[1] in line and "vulnerable (tensorflow==2.9.0)" in line for line in accepted), accepted

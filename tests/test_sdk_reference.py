@@ -122,6 +122,31 @@ DELIBERATE: dict[str, Difference] = {
     "our tags": Difference(
         r"Tags\.model-selection:.+", ABSENT, ANY,
         "the DAG, run and model of the job, so a job is found again and attributed"),
+    "data channel prefix": Difference(
+        r"Channel\.(training|validation|test)\.S3Uri", Match(r"s3://.*[^/]"), Match(r"s3://.*/"),
+        "a data channel is a prefix: without a trailing '/', s3://b/train would also read s3://b/train-old/..., "
+        "whose folders become extra classes; the SDK sends the URI as given"),
+}
+
+# With the account settings of `SETTINGS` on both sides, these differ too (besides DELIBERATE).
+WITH_SETTINGS: dict[str, Difference] = {
+    "volume KMS key dropped by the V3 tuner": Difference(
+        r"ResourceConfig\.VolumeKmsKeyId", ABSENT, Match(r"alias/.+"),
+        "the V3 HyperparameterTuner builds ResourceConfig from instance type, count and volume size only, so "
+        "Compute.volume_kms_key_id never reaches the tuning job; the V2 SDK sent it"),
+    "isolation and encryption dropped by the V3 tuner": Difference(
+        r"Enable(NetworkIsolation|InterContainerTrafficEncryption)", False, True,
+        "the V3 HyperparameterTuner passes Networking's subnets and security groups on, but not "
+        "enable_network_isolation or enable_inter_container_traffic_encryption; the V2 SDK sent both"),
+    "script as the code channel": Difference(
+        r"HyperParameter\.sagemaker_submit_directory", Match(r"s3://.+/sourcedir\.tar\.gz"),
+        "/opt/ml/input/data/code/sourcedir.tar.gz",
+        "an isolated container cannot fetch its script from S3: as the V2 JumpStartEstimator does with network "
+        "isolation, SageMaker delivers it as the code channel and the hyperparameter names its path there"),
+    "code channel": Difference(
+        r"Channel\.code\..+", ABSENT, ANY,
+        "the JumpStart training script tarball, as the V2 SDK's code channel (S3Prefix, FullyReplicated, no "
+        "content type)"),
 }
 
 # Fields the API gives a default when they are left out: absent and the default mean the same request.
@@ -250,8 +275,12 @@ def answer_describe_hub_content(params: dict[str, Any], **kwargs: Any) -> tuple[
     }
 
 
-def sdk_request(monkeypatch: Any, endpoint: str) -> dict[str, Any]:
-    """The request the SDK sends for the model and settings, as it went on the wire (to moto)."""
+def sdk_request(monkeypatch: Any, endpoint: str, max_parallel_jobs: int = len(LEARNING_RATES),
+                **trainer_settings: Any) -> dict[str, Any]:
+    """The request the SDK sends for the model and settings, as it went on the wire (to moto).
+
+    `trainer_settings` are `ModelTrainer.from_jumpstart_config` arguments (compute, networking, ...).
+    """
     import boto3
     from botocore.awsrequest import AWSResponse
     from sagemaker.core import metric_definitions
@@ -277,18 +306,18 @@ def sdk_request(monkeypatch: Any, endpoint: str) -> dict[str, Any]:
 
     trainer = ModelTrainer.from_jumpstart_config(
         JumpStartConfig(model_id=MODEL),
-        compute=Compute(instance_type=INSTANCE_TYPE),
         hyperparameters=dict(STUDY_HYPERPARAMETERS),
-        output_data_config=OutputDataConfig(s3_output_path=OUTPUT),
         sagemaker_session=session,
         role=ROLE,
+        **{"compute": Compute(instance_type=INSTANCE_TYPE), "output_data_config": OutputDataConfig(s3_output_path=OUTPUT),
+           **trainer_settings},
     )
     jumpstart_metrics = metric_definitions.retrieve_default(
         model_id=MODEL, model_version="*", region=REGION, sagemaker_session=session)
     tuner = HyperparameterTuner(
         trainer, OBJECTIVE["Name"], {"learning_rate": CategoricalParameter(LEARNING_RATES)},
         metric_definitions=[*jumpstart_metrics, OBJECTIVE],  # the model's own, and the objective's
-        objective_type="Maximize", max_jobs=len(LEARNING_RATES), max_parallel_jobs=len(LEARNING_RATES),
+        objective_type="Maximize", max_jobs=len(LEARNING_RATES), max_parallel_jobs=max_parallel_jobs,
     )
     tuner.tune(inputs=[InputData(channel_name=channel, data_source=f"{DATA}/{channel}") for channel in CHANNELS],
                wait=False)
@@ -297,8 +326,8 @@ def sdk_request(monkeypatch: Any, endpoint: str) -> dict[str, Any]:
 
 
 # -- the project's request -----------------------------------------------------------------------------
-def our_request(tmp_path: Path, hooked: list) -> dict[str, Any]:
-    """The request the project's launch operator sends for the same model and settings."""
+def our_request(tmp_path: Path, hooked: list, **settings: Any) -> dict[str, Any]:
+    """The request the project's launch operator sends for the same model and settings (`settings`: more Params)."""
     from model_selection.dag_tasks import plan_task
     from model_selection.operators import TuningJobLaunchOperator
 
@@ -316,7 +345,7 @@ def our_request(tmp_path: Path, hooked: list) -> dict[str, Any]:
         "epochs": int(STUDY_HYPERPARAMETERS["epochs"]),
         "early_stopping_patience": int(STUDY_HYPERPARAMETERS["early_stopping_patience"]),
         "instance_type": INSTANCE_TYPE, "role_arn": ROLE, "output_path": OUTPUT,
-        "results_uri": str(tmp_path / "results"),
+        "results_uri": str(tmp_path / "results"), **settings,
     }
     [launch] = plan_task(params, tmp_path)["launches"]
     TuningJobLaunchOperator(task_id="launch", launch=launch).execute(CONTEXT)
@@ -330,16 +359,16 @@ def table(rows: dict[str, tuple[Any, Any]]) -> str:
     return "\n".join(f"  {path}: SDK {sdk!r} | ours {ours!r}" for path, (sdk, ours) in rows.items())
 
 
-def problems_with(sdk: dict[str, Any], ours: dict[str, Any]) -> list[str]:
-    """Each difference DELIBERATE does not state, each one not as stated, and each stated one gone."""
+def problems_with(sdk: dict[str, Any], ours: dict[str, Any], stated: dict[str, Difference] = DELIBERATE) -> list[str]:
+    """Each difference `stated` does not state, each one not as stated, and each stated one gone."""
     problems = []
-    explained: dict[str, list[str]] = {name: [] for name in DELIBERATE}
+    explained: dict[str, list[str]] = {name: [] for name in stated}
     for path, (sdk_value, our_value) in differences(sdk, ours).items():
-        name = next((name for name, entry in DELIBERATE.items() if re.fullmatch(entry.fields, path)), None)
+        name = next((name for name, entry in stated.items() if re.fullmatch(entry.fields, path)), None)
         if name is None:
             problems.append(f"{path}: SDK {sdk_value!r} | ours {our_value!r} is not a stated difference")
             continue
-        entry = DELIBERATE[name]
+        entry = stated[name]
         if not (_as_stated(entry.sdk, sdk_value) and _as_stated(entry.ours, our_value)):
             problems.append(f"{path}: SDK {sdk_value!r} | ours {our_value!r}, but {name!r} states "
                             f"SDK {entry.sdk!r} | ours {entry.ours!r}")
@@ -368,9 +397,56 @@ def test_our_tuning_request_differs_from_the_sdks_only_where_stated(tmp_path, mo
     assert OBJECTIVE in ours["TrainingJobDefinition"]["AlgorithmSpecification"]["MetricDefinitions"]
 
 
+# The account settings of the second comparison, as Params (ours) and as the SDK's arguments.
+SUBNETS, SECURITY_GROUPS = ["subnet-0123456789abcdef0", "subnet-0fedcba9876543210"], ["sg-0123456789abcdef0"]
+VOLUME_KEY, OUTPUT_KEY = "alias/training-volumes", "arn:aws:kms:us-west-2:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+SETTINGS = {"parallel_training_jobs": 1, "volume_size_gb": 100, "vpc_subnets": SUBNETS,
+            "vpc_security_group_ids": SECURITY_GROUPS, "volume_kms_key_id": VOLUME_KEY, "output_kms_key_id": OUTPUT_KEY,
+            "enable_network_isolation": True, "encrypt_inter_container_traffic": True, "managed_spot_training": True,
+            "spot_max_wait_hours": 30}
+
+
+def sdk_settings(checkpoint_uri: str) -> dict[str, Any]:
+    """`SETTINGS` as the V3 SDK takes them (`ModelTrainer.from_jumpstart_config` arguments, the tuner's parallelism)."""
+    from sagemaker.core.shapes import StoppingCondition
+    from sagemaker.core.training.configs import CheckpointConfig, Compute, Networking, OutputDataConfig
+
+    return {
+        "max_parallel_jobs": 1,
+        "compute": Compute(instance_type=INSTANCE_TYPE, volume_size_in_gb=100, volume_kms_key_id=VOLUME_KEY,
+                           enable_managed_spot_training=True),
+        "networking": Networking(subnets=SUBNETS, security_group_ids=SECURITY_GROUPS, enable_network_isolation=True,
+                                 enable_inter_container_traffic_encryption=True),
+        # the V3 SDK's default run limit, as in the first comparison ("stopping condition")
+        "stopping_condition": StoppingCondition(max_runtime_in_seconds=3600, max_wait_time_in_seconds=30 * 3600),
+        "output_data_config": OutputDataConfig(s3_output_path=OUTPUT, kms_key_id=OUTPUT_KEY),
+        "checkpoint_config": CheckpointConfig(s3_uri=checkpoint_uri),
+    }
+
+
+def test_with_account_settings_our_request_differs_from_the_sdks_only_where_stated(tmp_path, monkeypatch, hooked):
+    """VPC, KMS keys, volume, isolation, encryption, spot and parallelism: the fields the SDK sends for them."""
+    with serving(tmp_path, monkeypatch, [MODEL], run_seconds=3600) as fake:
+        ours = our_request(tmp_path, hooked, **SETTINGS)
+        # The checkpoint folder is ours to choose (one per tuning job, under the output path); given the same, the
+        # SDK must send the same CheckpointConfig.
+        checkpoint_uri = ours["TrainingJobDefinition"]["CheckpointConfig"]["S3Uri"]
+        sdk = sdk_request(monkeypatch, fake.endpoint, **sdk_settings(checkpoint_uri))
+
+    problems = problems_with(sdk, ours, {**DELIBERATE, **WITH_SETTINGS})
+    assert not problems, "\n".join(problems) + "\n\nevery difference:\n" + table(differences(sdk, ours))
+
+    definition = ours["TrainingJobDefinition"]
+    assert checkpoint_uri == f"{OUTPUT}/checkpoints/{ours['HyperParameterTuningJobName']}/"
+    assert definition["StoppingCondition"]["MaxWaitTimeInSeconds"] >= definition["StoppingCondition"]["MaxRuntimeInSeconds"]
+    code = next(c for c in definition["InputDataConfig"] if c["ChannelName"] == "code")
+    assert code["DataSource"]["S3DataSource"]["S3Uri"] == sdk["TrainingJobDefinition"]["StaticHyperParameters"][
+        "sagemaker_submit_directory"]  # the very script the SDK would have the container download
+
+
 def test_the_readme_states_every_deliberate_difference():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert README_SECTION in readme, f"README.md has no section {README_SECTION!r}"
     section = readme.split(README_SECTION, 1)[1].split("\n## ", 1)[0]
-    missing = [name for name in DELIBERATE if name.lower() not in section.lower()]
+    missing = [name for name in {**DELIBERATE, **WITH_SETTINGS} if name.lower() not in section.lower()]
     assert not missing, f"README section {README_SECTION!r} does not state: {missing}"

@@ -1,4 +1,5 @@
-"""One result row per model: the best training job's metrics, or why there are none.
+"""One result row per model: the best training job's metrics, or why there are none, and what every
+training job of its tuning job was billed.
 
 It reads jobs through the backend's hook only, so the same code collects from either
 backend; the report then reads rows and never talks to a backend.
@@ -111,8 +112,58 @@ def _read(call: Callable[[str], Any], name: str) -> Any:
     return None
 
 
+ENDED_TRAINING = ("Completed", "Failed", "Stopped")
+
+
+def billed_seconds(training: Mapping[str, Any]) -> float | None:
+    """What SageMaker bills for one training job: BillableTimeInSeconds; 0 for one that ended without ever
+    starting to train (nothing to bill); None where that is not known (still running, or not reported)."""
+    if training.get("BillableTimeInSeconds") is not None:
+        return float(training["BillableTimeInSeconds"])
+    if training.get("TrainingJobStatus") in ENDED_TRAINING and not training.get("TrainingStartTime"):
+        return 0.0
+    return None
+
+
+def _total(values: list[float | None]) -> float | None:
+    return None if any(value is None for value in values) else float(sum(values))
+
+
+def training_job_billing(trainings: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The row's cost figures over every training job of its tuning job.
+
+    `billable_seconds` and `training_seconds` are sums (None when any job's is unknown: an unknown part
+    must not make the cost look smaller). `spot_savings` is 1 - billable / training over the jobs that ran
+    with managed spot training and report both, as SageMaker defines the savings.
+    """
+    spot = [training for training in trainings if training.get("EnableManagedSpotTraining")
+            and training.get("BillableTimeInSeconds") is not None and training.get("TrainingTimeInSeconds")]
+    figures: dict[str, Any] = {
+        "training_jobs": len(trainings),
+        "billable_seconds": _total([billed_seconds(training) for training in trainings]),
+        "training_seconds": _total([training.get("TrainingTimeInSeconds") for training in trainings]),
+    }
+    if spot:
+        figures["spot_savings"] = 1 - (sum(training["BillableTimeInSeconds"] for training in spot)
+                                       / sum(training["TrainingTimeInSeconds"] for training in spot))
+    return figures
+
+
+def _billing(hook: Any, tuning_job_name: str) -> dict[str, Any]:
+    """`training_job_billing` of every training job the tuning job started; all None (with a warning) when they
+    cannot be read: a cost we cannot read leaves the cost unknown, not the row."""
+    try:
+        summaries = _read(hook.list_training_jobs, tuning_job_name)
+        return training_job_billing([_read(hook.describe_training_job, summary["TrainingJobName"])
+                                     for summary in summaries])
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        log.warning("could not read the training jobs of %s for their cost: %s", tuning_job_name, error)
+        return {"training_jobs": None, "billable_seconds": None, "training_seconds": None}
+
+
 def collect_row(hook: Any, launch: Mapping[str, Any], study_settings: Mapping[str, Any], run_id: str) -> dict[str, Any]:
-    """Describe the tuning job and its best training job; any failure becomes the row's reason."""
+    """Describe the tuning job and its best training job, and bill every training job it started; any failure
+    to read the jobs becomes the row's reason."""
     model_id = launch["model_id"]
     backend = study_settings["backend"]
     row: dict[str, Any] = {
@@ -148,11 +199,8 @@ def collect_row(hook: Any, launch: Mapping[str, Any], study_settings: Mapping[st
         if tuning.get("HyperParameterTuningEndTime") and tuning.get("CreationTime"):
             row["tuning_duration"] = (tuning["HyperParameterTuningEndTime"] - tuning["CreationTime"]).total_seconds()
         best = tuning.get("BestTrainingJob")
-        if row["status"] != "Completed" or not best:
-            if row["status"] in ("InProgress", "Stopping"):
-                row["failure_reason"] = f"still {row['status']} when metrics were collected"
-            return row
-        training = _read(hook.describe_training_job, best["TrainingJobName"])
+        completed = row["status"] == "Completed" and best
+        training = _read(hook.describe_training_job, best["TrainingJobName"]) if completed else None
     except Exception as error:  # noqa: BLE001 - one model's unreadable job must not lose the other rows
         log.warning("could not read the jobs of %s: %s", model_id, error)
         # Unknown, not the tuning job's Completed: a Completed row would make the next plan skip the model
@@ -160,11 +208,15 @@ def collect_row(hook: Any, launch: Mapping[str, Any], study_settings: Mapping[st
         known = f" (the tuning job is {row['status']})" if row["status"] else ""
         return {**row, "status": "Unknown",
                 "failure_reason": f"its jobs could not be read{known}: {type(error).__name__}: {error}"}
+    row.update(_billing(hook, launch["job_name"]))  # failed and stopped tuning jobs' training jobs cost too
+    if training is None:
+        if row["status"] in ("InProgress", "Stopping"):
+            row["failure_reason"] = f"still {row['status']} when metrics were collected"
+        return row
     row["best_training_job_name"] = best["TrainingJobName"]
     row["learning_rate"] = float(best["TunedHyperParameters"]["learning_rate"])
     row["hyperparameters"] = json.dumps(training.get("HyperParameters", {}), sort_keys=True)
     row["model_artifacts"] = (training.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
-    row["billable_seconds"] = training.get("BillableTimeInSeconds")
     row.update({metric["MetricName"]: metric["Value"] for metric in training.get("FinalMetricDataList", [])})
     definitions = tuning.get("TrainingJobDefinition", {}).get("AlgorithmSpecification", {}).get("MetricDefinitions", [])
     _from_log(row, best["TrainingJobName"], hook, definitions)

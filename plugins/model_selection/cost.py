@@ -1,8 +1,12 @@
 """What each model cost to train, in US dollars, and the study's total.
 
-SageMaker: the row's `billable_seconds` (the best training job's BillableTimeInSeconds, one
-instance) times the on-demand hourly price of its `instance_type`, from a dated price table
-(include/prices/sagemaker-training-on-demand.json unless the user gives another). Local: the
+SageMaker: the row's `billable_seconds` (BillableTimeInSeconds summed over every training job of
+the model's tuning job, failed and stopped ones included; `collection.training_job_billing`) times
+the on-demand hourly price of its `instance_type`, from a dated price table
+(include/prices/sagemaker-training-on-demand.json unless the user gives another: on-demand list
+prices of one region, see its `source`). Managed spot training needs no other price: SageMaker
+reports its savings as fewer billable seconds. Rows collected before every training job was counted
+(no `training_jobs` field) hold the best training job's seconds only. Local: the
 tuning job's wall seconds (`tuning_duration`, else `train_duration`) times a per-hour rate the
 user sets. A cost that cannot be known (no price for the instance, no seconds, no local rate)
 is None, never 0: an unknown cost must not look free, and must not pass `cost_usd<=5`.

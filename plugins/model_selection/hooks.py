@@ -101,15 +101,14 @@ class TuningJobHook:
 
     def count_in_flight(self, prefix: str) -> int:
         """Tuning jobs of the study (names `PREFIX-...`) in progress, over every page of the listing."""
-        count, token = 0, None
-        while True:
-            page = self._call(self.conn.list_hyper_parameter_tuning_jobs, StatusEquals="InProgress",
-                              NameContains=prefix, MaxResults=100, **({"NextToken": token} if token else {}))
-            count += sum(summary["HyperParameterTuningJobName"].startswith(f"{prefix}-")
-                         for summary in page["HyperParameterTuningJobSummaries"])
-            token = page.get("NextToken")
-            if not token:
-                return count
+        summaries = self._every_page(self.conn.list_hyper_parameter_tuning_jobs, "HyperParameterTuningJobSummaries",
+                                     StatusEquals="InProgress", NameContains=prefix)
+        return sum(summary["HyperParameterTuningJobName"].startswith(f"{prefix}-") for summary in summaries)
+
+    def list_training_jobs(self, tuning_job_name: str) -> list[dict[str, Any]]:
+        """Every training job the tuning job started (HyperParameterTrainingJobSummary), failed and stopped ones too."""
+        return self._every_page(self.conn.list_training_jobs_for_hyper_parameter_tuning_job, "TrainingJobSummaries",
+                                HyperParameterTuningJobName=tuning_job_name)
 
     def describe(self, name: str) -> dict[str, Any] | None:
         """The tuning job's description; None when no job has that name."""
@@ -141,6 +140,16 @@ class TuningJobHook:
     def console_location(self) -> tuple[str, str] | None:
         """(region, partition) of the AWS console that shows these jobs; None when there is none."""
         return None
+
+    def _every_page(self, method: Any, key: str, **request: Any) -> list[dict[str, Any]]:
+        """The `key` items of a listing, over every page (100 a page, the most the API gives)."""
+        items, token = [], None
+        while True:
+            page = self._call(method, MaxResults=100, **request, **({"NextToken": token} if token else {}))
+            items += page[key]
+            token = page.get("NextToken")
+            if not token:
+                return items
 
     @staticmethod
     def _call(method: Any, **request: Any) -> Any:

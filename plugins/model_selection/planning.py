@@ -15,7 +15,7 @@ from model_selection.metrics import metric_definitions
 from model_selection.naming import tuning_job_name
 from model_selection.results import ResultsStore, model_histories
 from model_selection.study import Study, StudyError
-from model_selection.tuning_request import LOCAL_ROLE_ARN, learning_rate_values
+from model_selection.tuning_request import LOCAL_ROLE_ARN, learning_rate_values, training_settings
 
 if TYPE_CHECKING:
     from model_selection.local.jumpstart_map import Translation
@@ -109,6 +109,7 @@ def local_launch_spec(study: Study, model_id: str, jobs_root: str) -> dict[str, 
         "role_arn": LOCAL_ROLE_ARN,
         "output_path": Path(jobs_root).as_uri(),
         "instance_type": study.instance_type,
+        **training_settings(study),
     }
 
 
@@ -140,6 +141,10 @@ def plan_study(params: dict[str, Any], project_root: Path, jobs_root: str) -> di
 
         specs, sagemaker_problems = sagemaker_launch_specs(study, study_hyperparameters(study))
         problems += sagemaker_problems
+        if specs:  # the connection works and models resolved: what only the account can tell, before anything is paid
+            from model_selection.backends.preflight import preflight_problems
+
+            problems += preflight_problems(study, specs)
     store = ResultsStore(study.results_uri, conn_id=study.aws_conn_id)
     try:
         store.check_writable()

@@ -71,10 +71,31 @@ class Study:
     # Local backend: JumpStart ids whose timm twin is only approximate (another resolution, pretraining data or
     # weights; include/model_maps) run too. Not part of the configuration: it decides which models run, not how.
     allow_approximate_twins: bool = False
+    # Training jobs one tuning job runs at once (both backends); None: every learning rate at once.
+    parallel_training_jobs: int | None = None
+    # SageMaker only: where and how each training job runs in the account, never what it learns, so none of
+    # them is part of config_hash. The local backend refuses them at anything but these defaults.
+    volume_size_gb: int = 30
+    vpc_subnets: tuple[str, ...] = ()
+    vpc_security_group_ids: tuple[str, ...] = ()
+    volume_kms_key_id: str | None = None
+    output_kms_key_id: str | None = None
+    enable_network_isolation: bool = False
+    encrypt_inter_container_traffic: bool = False
+    managed_spot_training: bool = False
+    # Managed spot: how long a training job may take in all, waiting for spot capacity included; None: twice
+    # the run limit.
+    spot_max_wait_hours: float | None = None
+    # Train JumpStart models whose catalogue entry is marked deprecated or vulnerable (the plan log names them).
+    tolerate_deprecated_or_vulnerable_models: bool = False
 
     @property
     def config_hash(self) -> str:
-        """What makes two results comparable: everything but the model list and run mechanics."""
+        """What makes two results comparable: everything but the model list and run mechanics.
+
+        Parallelism, volume, network, encryption and spot settings change where and how jobs run,
+        not what they learn, so they stay out: a study keeps its hash (and its results) when they change.
+        """
         relevant = {
             "backend": self.backend,
             "dataset": dataclasses.asdict(self.dataset),
@@ -116,7 +137,8 @@ class Study:
                 problems.append(f"learning rate multiplier {multiplier!r} is not a positive number")
 
         epochs = _integer(params, "epochs", 10, 1, problems)
-        patience = _integer(params, "early_stopping_patience", 3, 0, problems)
+        # The JumpStart spec refuses 0, and the local trainer would stop after the first epoch.
+        patience = _integer(params, "early_stopping_patience", 3, 1, problems)
         max_concurrent = _integer(params, "max_concurrent_tuning_jobs", 10, 1, problems)
         max_capacity_wait_hours = params.get("max_capacity_wait_hours", 24)
         if not _positive_number(max_capacity_wait_hours):
@@ -134,12 +156,9 @@ class Study:
             problems.append(f"local_usd_per_hour must be a number of at least 0, got {local_usd_per_hour!r}")
             local_usd_per_hour = None
         speed_rounds = _integer(params, "speed_rounds", 7, 0, problems)
-        allow_approximate_twins = params.get("allow_approximate_twins", False)
-        if allow_approximate_twins is None:
-            allow_approximate_twins = False
-        if not isinstance(allow_approximate_twins, bool):
-            problems.append(f"allow_approximate_twins must be true or false, got {allow_approximate_twins!r}")
-            allow_approximate_twins = False
+        allow_approximate_twins = _boolean(params, "allow_approximate_twins", problems)
+        valid_multipliers = {float(m) for m in multipliers if _positive_number(m)}
+        training_settings = _parse_training_settings(params, backend, len(valid_multipliers), problems)
         screen = params.get("screen") or None
         from model_selection.screening import screen_problems
 
@@ -172,12 +191,122 @@ class Study:
             screen=dict(screen) if isinstance(screen, Mapping) else None,
             speed_rounds=speed_rounds,
             allow_approximate_twins=allow_approximate_twins,
+            **training_settings,
         )
         return study, problems
 
 
 def _positive_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _boolean(params: Mapping[str, Any], name: str, problems: list[str]) -> bool:
+    value = params.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        problems.append(f"{name} must be true or false, got {value!r}")
+        return False
+    return value
+
+
+# Settings of SageMaker training jobs that the local backend cannot honour.
+SAGEMAKER_ONLY_SETTINGS = ("volume_size_gb", "vpc_subnets", "vpc_security_group_ids", "volume_kms_key_id",
+                           "output_kms_key_id", "enable_network_isolation", "encrypt_inter_container_traffic",
+                           "managed_spot_training", "spot_max_wait_hours", "tolerate_deprecated_or_vulnerable_models")
+
+
+def _parse_training_settings(params: Mapping[str, Any], backend: str, learning_rates: int,
+                             problems: list[str]) -> dict[str, Any]:
+    """How each training job runs: parallelism, volume, network, encryption, spot. Valid values or the defaults.
+
+    Limits and patterns come from SageMaker's service model where it states them, so a value the
+    service would refuse at create is named here, before anything is launched.
+    """
+    settings: dict[str, Any] = {"volume_size_gb": _integer(params, "volume_size_gb", 30, 1, problems)}
+    parallel = params.get("parallel_training_jobs")
+    if parallel is not None:
+        if isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= max(learning_rates, 1):
+            problems.append(f"parallel_training_jobs must be an integer from 1 to {learning_rates} (the number of "
+                            f"learning rates each tuning job tries), got {parallel!r}")
+        else:
+            settings["parallel_training_jobs"] = parallel
+    settings["vpc_subnets"], settings["vpc_security_group_ids"] = _vpc(params, problems)
+    for name in ("volume_kms_key_id", "output_kms_key_id"):
+        settings[name] = _kms_key(params, name, problems)
+    for name in ("enable_network_isolation", "encrypt_inter_container_traffic", "managed_spot_training",
+                 "tolerate_deprecated_or_vulnerable_models"):
+        settings[name] = _boolean(params, name, problems)
+    settings["spot_max_wait_hours"] = _spot_max_wait_hours(params, settings["managed_spot_training"], problems)
+    if backend == "local":
+        problems += _refused_on_local(settings)
+    return settings
+
+
+def _vpc(params: Mapping[str, Any], problems: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Subnet and security group ids: both or neither (SageMaker's VpcConfig needs both), within its counts."""
+    from model_selection.backends.api import member_limit
+
+    subnets = _texts(params, "vpc_subnets", [], problems)
+    groups = _texts(params, "vpc_security_group_ids", [], problems)
+    if bool(subnets) != bool(groups):
+        problems.append("vpc_subnets and vpc_security_group_ids go together (SageMaker's VpcConfig needs both): "
+                        f"got {len(subnets)} subnets and {len(groups)} security groups")
+    for name, ids, prefix, member in (("vpc_subnets", subnets, "subnet", "Subnets"),
+                                      ("vpc_security_group_ids", groups, "sg", "SecurityGroupIds")):
+        limit = member_limit("VpcConfig", member)
+        if len(ids) > limit:
+            problems.append(f"{name}: {len(ids)} given, SageMaker takes at most {limit}")
+        wrong = [item for item in ids if not re.fullmatch(rf"{prefix}-[0-9a-f]{{8,17}}", item)]
+        if wrong:
+            problems.append(f"{name}: {wrong} are not ids such as {prefix}-0123456789abcdef0")
+    return tuple(subnets), tuple(groups)
+
+
+def _kms_key(params: Mapping[str, Any], name: str, problems: list[str]) -> str | None:
+    """A KMS key id, key ARN, alias or alias ARN, by the service model's KmsKeyId pattern and length."""
+    from model_selection.backends.api import compiled_pattern, member_limit
+
+    key = params.get(name) or None
+    pattern = compiled_pattern(member_limit("ResourceConfig", "VolumeKmsKeyId", "pattern"))
+    if key is not None and not (isinstance(key, str) and len(key) <= member_limit("ResourceConfig", "VolumeKmsKeyId")
+                                and pattern.fullmatch(key)):
+        problems.append(f"{name} {key!r} is not a KMS key id, key ARN, alias name or alias ARN "
+                        "(letters, digits, ':', '/', '_' and '-')")
+        return None
+    return key
+
+
+def _spot_max_wait_hours(params: Mapping[str, Any], spot: bool, problems: list[str]) -> float | None:
+    """Only with managed spot, and never under the run limit (MaxWaitTimeInSeconds >= MaxRuntimeInSeconds)."""
+    from model_selection.tuning_request import MAX_RUNTIME_SECONDS
+
+    max_wait = params.get("spot_max_wait_hours")
+    run_limit_hours = MAX_RUNTIME_SECONDS / 3600
+    if max_wait is None:
+        return None
+    if not spot:
+        problems.append("spot_max_wait_hours is a managed spot setting: set managed_spot_training to true or "
+                        "leave spot_max_wait_hours empty")
+    elif not _positive_number(max_wait) or max_wait < run_limit_hours:
+        problems.append(f"spot_max_wait_hours must be a number of at least {run_limit_hours:g} (each training "
+                        f"job's run limit, which SageMaker's MaxWaitTimeInSeconds may not undercut), got {max_wait!r}")
+    else:
+        return float(max_wait)
+    return None
+
+
+def _refused_on_local(settings: Mapping[str, Any]) -> list[str]:
+    """One problem per SageMaker-only setting away from its default: the local backend would silently ignore it."""
+    defaults = {field.name: field.default for field in dataclasses.fields(Study)}
+    return [f"{name} {_as_in_form(settings[name])} is a SageMaker setting the local backend cannot honour: leave it "
+            f"at {_as_in_form(defaults[name])} or choose backend 'sagemaker'"
+            for name in SAGEMAKER_ONLY_SETTINGS if settings[name] != defaults[name]]
+
+
+def _as_in_form(value: Any) -> str:
+    """A setting as the trigger form shows it: JSON, and "empty" for null."""
+    return "empty" if value is None else json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
 def _texts(params: Mapping[str, Any], name: str, default: list[str], problems: list[str]) -> list[str]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,12 @@ from typing import Any
 # What the JumpStart TensorFlow image-classification container runs when the spec names no
 # `sagemaker_program` container hyperparameter.
 DEFAULT_ENTRY_POINT = "transfer_learning.py"
+# Where a network-isolated container finds the training script: the V2 SDK's
+# `Framework.CONTAINER_CODE_CHANNEL_SOURCEDIR_PATH`, inside the `code` input channel.
+CODE_CHANNEL = "code"
+CODE_CHANNEL_SCRIPT_PATH = "/opt/ml/input/data/code/sourcedir.tar.gz"
+
+log = logging.getLogger(__name__)
 
 # Catalogue reads are few and small: a throttled or dropped connection is retried a little, but
 # refused credentials and missing permissions are never retried (botocore's standard mode does
@@ -57,7 +64,8 @@ S3_ACTIONS = {"GetObject": "s3:GetObject", "HeadObject": "s3:GetObject", "ListOb
 class JumpStartModel:
     """Everything a CreateHyperParameterTuningJob request takes from the JumpStart catalogue.
 
-    `training_script_uri` becomes the `sagemaker_submit_directory` hyperparameter,
+    `training_script_uri` becomes the `sagemaker_submit_directory` hyperparameter (with network
+    isolation, the `code` channel: `ship_script_as_code_channel`),
     `entry_point` the `sagemaker_program` one, and `model_artifact_uri` an input channel named
     `model`. `default_hyperparameters` holds only the algorithm's own (tunable) ones;
     `hyperparameter_ranges` says, for each of them, what the spec allows ("float in [1e-06, 0.5]").
@@ -231,31 +239,45 @@ def _describe_range(spec: Any) -> str:
     return spec.type
 
 
+def _tolerance(tolerate_flagged: bool) -> dict[str, bool]:
+    """The SDK's arguments that accept a spec the catalogue marks deprecated or vulnerable (every look-up checks)."""
+    return {"tolerate_deprecated_model": tolerate_flagged, "tolerate_vulnerable_model": tolerate_flagged}
+
+
 def resolve(model_id: str, instance_type: str, region: str, aws_conn_id: str | None,
-            model_version: str = "*") -> JumpStartModel:
+            model_version: str = "*", tolerate_flagged: bool = False) -> JumpStartModel:
     """The image, script, weights and default hyperparameters of a JumpStart model for one instance type.
 
     Raises JumpStartError when the catalogue has no such model (or version) in the region, when
-    the model does not list the instance type for training, or when it has no training image in
-    the region; AwsAccessError when the connection or region cannot be used at all.
+    the model does not list the instance type for training, when it has no training image in
+    the region, or when the catalogue marks it deprecated or its training script vulnerable and
+    `tolerate_flagged` is off (with it on, the log names what was accepted); AwsAccessError when
+    the connection or region cannot be used at all.
     """
     from sagemaker.core import hyperparameters, image_uris, model_uris, script_uris
     from sagemaker.core.jumpstart.utils import verify_model_region_and_return_specs
 
     session = _session(aws_conn_id, region)
     with aws_calls(aws_conn_id, region, f"reading the JumpStart catalogue {_catalogue(region)}"):
-        try:
+        try:  # flags are judged below, with what the catalogue says about them
             specs = verify_model_region_and_return_specs(
                 model_id=model_id, version=model_version, scope="training",
-                region=region, sagemaker_session=session,
+                region=region, sagemaker_session=session, **_tolerance(True),
             )
         except KeyError as error:  # the SDK's manifest lookup: no such id (or version) in the region's catalogue
             raise JumpStartError(
                 f"unknown JumpStart model {model_id!r} (version {model_version!r}): the {region} catalogue does not "
                 f"offer it: {error.args[0]}"
             ) from error
-        except ValueError as error:  # no JumpStart in the region, no training, deprecated or vulnerable
+        except ValueError as error:  # no JumpStart in the region, or no training
             raise JumpStartError(f"JumpStart model {model_id!r} cannot be trained in {region}: {error}") from error
+        flags = _flags(specs)
+        if flags and not tolerate_flagged:
+            raise JumpStartError(f"JumpStart model {model_id!r} version {specs.version} is refused: {'; '.join(flags)}. "
+                                 "Set tolerate_deprecated_or_vulnerable_models to true to train it knowingly")
+        for flag in flags:
+            log.warning("JumpStart model %s version %s is accepted although %s (tolerate_deprecated_or_vulnerable_models)",
+                        model_id, specs.version, flag)
 
         supported = specs.supported_training_instance_types or []
         if supported and instance_type not in supported:
@@ -265,7 +287,8 @@ def resolve(model_id: str, instance_type: str, region: str, aws_conn_id: str | N
             )
 
         # Pin the version found, so every call below and the caller's records mean the same spec.
-        lookup = {"model_id": model_id, "model_version": specs.version, "region": region, "sagemaker_session": session}
+        lookup = {"model_id": model_id, "model_version": specs.version, "region": region, "sagemaker_session": session,
+                  **_tolerance(bool(flags))}
         try:
             image_uri = image_uris.retrieve(framework=None, image_scope="training", instance_type=instance_type,
                                             **lookup)
@@ -291,11 +314,23 @@ def resolve(model_id: str, instance_type: str, region: str, aws_conn_id: str | N
         )
 
 
+def _flags(specs: Any) -> list[str]:
+    """What the catalogue holds against a spec for training, in words."""
+    flags = []
+    if specs.deprecated:
+        flags.append(f"the catalogue marks it deprecated ({specs.deprecated_message or 'no reason given'})")
+    if specs.training_vulnerable:
+        flags.append("the catalogue marks its training script vulnerable "
+                     f"({', '.join(specs.training_vulnerabilities) or 'no dependency named'})")
+    return flags
+
+
 def hyperparameter_problems(model: JumpStartModel, values: Mapping[str, str], region: str,
-                            aws_conn_id: str | None) -> list[str]:
+                            aws_conn_id: str | None, tolerate_flagged: bool = False) -> list[str]:
     """Each value the model's spec refuses (type, range, options), by the SDK's own validation.
 
     `values` are checked one by one, so every bad one is named, with what the spec allows.
+    `tolerate_flagged` as for `resolve`: the SDK's validation checks the flags again.
     """
     from sagemaker.core import hyperparameters
     from sagemaker.core.jumpstart.exceptions import JumpStartHyperparametersError
@@ -304,7 +339,8 @@ def hyperparameter_problems(model: JumpStartModel, values: Mapping[str, str], re
         with aws_calls(aws_conn_id, region, f"reading the JumpStart catalogue {_catalogue(region)}"):
             try:
                 hyperparameters.validate(region=region, model_id=model.model_id, model_version=model.model_version,
-                                         hyperparameters=dict(checked), sagemaker_session=_session(aws_conn_id, region))
+                                         hyperparameters=dict(checked), sagemaker_session=_session(aws_conn_id, region),
+                                         **_tolerance(tolerate_flagged))
             except JumpStartHyperparametersError as error:
                 return str(error)
         return None
@@ -319,6 +355,22 @@ def hyperparameter_problems(model: JumpStartModel, values: Mapping[str, str], re
             problems.append(f"{model.model_id} (version {model.model_version}): hyperparameter {name}={value!r} is "
                             f"refused: {reason} Allowed: {allowed}")
     return problems
+
+
+def ship_script_as_code_channel(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec with its training script as a `code` input channel, for a network-isolated container.
+
+    An isolated container cannot download `sagemaker_submit_directory` from S3 itself, so, as the
+    V2 SDK's JumpStartEstimator does with network isolation, SageMaker delivers the script tarball
+    as the `code` channel and the hyperparameter points at its path inside the container.
+    """
+    from model_selection.tuning_request import channel
+
+    static = dict(spec["static_hyperparameters"])
+    script_uri = static["sagemaker_submit_directory"]
+    static["sagemaker_submit_directory"] = CODE_CHANNEL_SCRIPT_PATH
+    return {**spec, "static_hyperparameters": static,
+            "extra_channels": [*spec["extra_channels"], channel(CODE_CHANNEL, script_uri, content_type=None)]}
 
 
 def sdk_tags(model: JumpStartModel) -> dict[str, str]:

@@ -117,9 +117,17 @@ def sagemaker_launch_specs(study: Any, study_hyperparameters: dict[str, str]) ->
     used (missing, refused or absent credentials, missing permission on the JumpStart catalogue,
     a region without JumpStart or an unreachable endpoint) is one problem, after which no further
     AWS call is made. Each spec also holds the resolved `jumpstart_model_version` and the `tags`
-    the SageMaker SDK puts on JumpStart training jobs.
+    the SageMaker SDK puts on JumpStart training jobs, then the study's training settings (parallel
+    jobs, volume, VPC, KMS keys, isolation, encryption, spot), data channels as prefixes ending in
+    '/', and, with network isolation, the training script as a `code` channel.
     """
-    from model_selection.backends.jumpstart import AwsAccessError, aws_connection, check_region
+    from model_selection.backends.jumpstart import (
+        AwsAccessError,
+        aws_connection,
+        check_region,
+        ship_script_as_code_channel,
+    )
+    from model_selection.tuning_request import data_prefix, training_settings
 
     problems: list[str] = []
     access: AwsAccessError | None = None
@@ -152,6 +160,10 @@ def sagemaker_launch_specs(study: Any, study_hyperparameters: dict[str, str]) ->
             access = error
     if access is not None:
         problems.append(str(access))
+    for model_id, spec in specs.items():
+        spec = {**spec, **training_settings(study),
+                "channels": {name: data_prefix(uri) for name, uri in spec["channels"].items()}}
+        specs[model_id] = ship_script_as_code_channel(spec) if study.enable_network_isolation else spec
     return specs, problems
 
 
@@ -204,9 +216,10 @@ def _jumpstart_specs(study: Any, study_hyperparameters: dict[str, str], region: 
 
     specs: dict[str, dict[str, Any]] = {}
     dropped: set[str] = set()
+    tolerate = study.tolerate_deprecated_or_vulnerable_models
     for model_id in _selected_model_ids(study, region, problems):
         try:
-            model = resolve(model_id, study.instance_type, region, study.aws_conn_id)
+            model = resolve(model_id, study.instance_type, region, study.aws_conn_id, tolerate_flagged=tolerate)
         except JumpStartError as error:
             problems.append(str(error))
             continue
@@ -223,13 +236,14 @@ def _jumpstart_specs(study: Any, study_hyperparameters: dict[str, str], region: 
         if "learning_rate" not in hyperparameters:
             problems.append(f"{model_id}: the model has no learning_rate hyperparameter to tune")
             continue
-        refused = hyperparameter_problems(model, hyperparameters, region, study.aws_conn_id)
+        refused = hyperparameter_problems(model, hyperparameters, region, study.aws_conn_id, tolerate)
         if refused:
             problems += refused
             continue
         learning_rates = learning_rate_values(float(hyperparameters["learning_rate"]), study.learning_rate_multipliers)
         refused = [f"{problem} (a tuned value: learning_rate × learning_rate_multipliers)" for rate in learning_rates
-                   for problem in hyperparameter_problems(model, {"learning_rate": rate}, region, study.aws_conn_id)]
+                   for problem in hyperparameter_problems(model, {"learning_rate": rate}, region, study.aws_conn_id,
+                                                          tolerate)]
         if refused:
             problems += refused
             continue
