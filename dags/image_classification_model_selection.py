@@ -1,6 +1,7 @@
 """Which image classifier should you fine-tune and deploy for your data set?
 
-Plan the study, optionally screen the candidates cheaply, then in one lane per model launch
+Plan the study, optionally screen the candidates cheaply (one job, launched and waited for like the
+lanes' jobs), then in one lane per model launch
 a tuning job and wait for it, collect every model's metrics, time the trained models side
 by side (local backend), and report the accuracy/throughput Pareto frontier.
 Only light imports here: the DAG processor parses this file often.
@@ -13,8 +14,8 @@ from pathlib import Path
 
 from airflow.sdk import Asset, Param, XComArg, dag, get_current_context, task, task_group
 
-from model_selection.operators import TuningJobLaunchOperator
-from model_selection.sensors import TuningJobSensor
+from model_selection.operators import ScreenJobLaunchOperator, TuningJobLaunchOperator
+from model_selection.sensors import ScreenJobSensor, TuningJobSensor
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Created from include/airflow/pools.json by `make airflow`, the compose init and the tests.
@@ -57,8 +58,11 @@ PARAMS = {
                     "model_ids is a plan problem, and a model_list leaves it out with a warning. Rows say each twin's "
                     "kind (twin_kind)."),
     "screen": Param(None, type=["null", "object"],
-                    description='Local backend: score every candidate cheaply first and fine-tune only the best, e.g. '
-                                '{"keep_top": 5, "score": "knn"} (score: knn, linear, logme or combined). '
+                    description='Score every candidate cheaply first, in one job, and fine-tune only the best, e.g. '
+                                '{"keep_top": 5, "score": "knn"} (score: knn, linear, logme or combined; '
+                                'sample_per_class: images per class scored, default 20, null for all; seed; '
+                                'instance_type: the SageMaker screen job\'s, default ml.g4dn.xlarge; unscored: '
+                                'fine_tune or leave_out, for JumpStart ids without an exact timm twin). '
                                 'Empty: every model is fine-tuned.'),
     "speed_rounds": Param(7, type="integer", minimum=0,
                           description="Local backend: after training, every trained model is timed side by side in this "
@@ -148,15 +152,16 @@ def image_classification_model_selection():
         planned = plan_task(context["params"], PROJECT_ROOT)
         context["ti"].xcom_push(key="study", value=planned["study"])
         context["ti"].xcom_push(key="hook_params", value=planned["hook_params"])
+        context["ti"].xcom_push(key="screen_job", value=planned["screen_job"])
         return planned["launches"]
 
-    @task
-    def screen(launches: list) -> list:
-        """The launches to fine-tune: all of them, or the best-scoring `keep_top` when the run asks for a screen."""
+    @task(trigger_rule="none_failed")  # runs when the screen's job was skipped (no screen asked)
+    def screen(launches: list, waited: dict | None) -> list:
+        """The launches to fine-tune: all of them, or the best-scoring `keep_top` by the screen job's scores."""
         from model_selection.dag_tasks import screen_task
 
         context = get_current_context()
-        return screen_task(context["ti"], launches, context["run_id"])
+        return screen_task(context["ti"], launches, waited, context["run_id"])
 
     @task_group(group_id="lane")
     def lane(launch: dict) -> None:
@@ -197,7 +202,10 @@ def image_classification_model_selection():
 
     planned = plan()
     study = XComArg(planned.operator, key="study")
-    launches = screen(planned)
+    screen_launch = ScreenJobLaunchOperator(task_id="screen_launch", launch=XComArg(planned.operator, key="screen_job"),
+                                            pool=LAUNCH_POOL)
+    screen_wait = ScreenJobSensor(task_id="screen_wait", job=screen_launch.output)
+    launches = screen(planned, screen_wait.output)
     lanes = lane.expand(launch=launches)
     collected = collect_metrics()
     [launches, lanes] >> collected

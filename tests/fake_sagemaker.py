@@ -12,7 +12,7 @@ Faults are answered by the server itself, as SageMaker answers them on the wire,
 the clients of every process (real Airflow): `ServerThrottle` (ThrottlingException, every other
 call or in bursts per job), `ServerQuota` (ResourceLimitExceeded past the account's training-instance
 quota, counted from moto's own jobs), `ServerDeny` (AccessDeniedException for named jobs) and
-`ServerStop` (StopHyperParameterTuningJob, which moto's server lacks).
+`ServerStop` (StopHyperParameterTuningJob and StopTrainingJob, which moto's server lacks).
 
 Operations moto 5.2.5's server does not implement at all are added to its own response classes while
 a fake lives (`MotoAdditions`), so they pass through moto's routing, its authorization (when a test
@@ -22,14 +22,47 @@ SimulatePrincipalPolicy (moto's own policy evaluator over moto's IAM state) and 
 ListServiceQuotas (SageMaker's training-instance quotas, which a test sets in `training_quotas`).
 Every training job the driver creates carries TrainingTimeInSeconds and BillableTimeInSeconds, as
 SageMaker reports them (billable below training time under managed spot training).
+
+A standalone training job (CreateTrainingJob, the screen's) really runs its program, on this machine's CPU,
+the way SageMaker's training toolkit runs a script-mode job in a framework image (`TrainingRun`):
+
+- as the service does: the job starts InProgress (moto: Completed at once) and goes through the secondary
+  statuses Starting, Downloading, Training, Uploading with the service's messages; the channels' S3 objects
+  are downloaded into a folder per channel; the output folder is tarred to
+  `<S3OutputPath>/<name>/output/model.tar.gz` in moto's S3, named by ModelArtifacts.S3ModelArtifacts once
+  Completed; a program that exits non-zero fails the job with an `AlgorithmError: ExecuteUserScriptError`
+  reason ending in its log's tail; the log goes to CloudWatch Logs (`/aws/sagemaker/TrainingJobs`,
+  stream `<name>/algo-1-...`); StopTrainingJob (which moto's server lacks) turns an InProgress job Stopping,
+  and the run's process is killed and the job ends Stopped; a name in use is ResourceInUse (moto replaces
+  the job); DescribeTrainingJob of an unknown name is ValidationException "Requested resource not found."
+  (moto words it otherwise);
+- as the toolkit does: it downloads `sagemaker_submit_directory` and extracts it into the code folder, runs
+  `python <sagemaker_program>` there with the user hyperparameters as `--name value` arguments and with
+  SM_CHANNELS, SM_CHANNEL_<NAME>, SM_MODEL_DIR, SM_OUTPUT_DATA_DIR, SM_INPUT_CONFIG_DIR (its
+  hyperparameters.json), SM_HPS, SM_HP_<NAME>, SM_USER_ARGS, SM_CURRENT_HOST, SM_HOSTS, SM_NUM_GPUS set,
+  hyperparameter values decoded as JSON where they parse, as the toolkit decodes them;
+- the fake's own: the program runs with this test process's python and packages, not the image's, on the
+  CPU, in a temporary folder instead of /opt/ml; requirements.txt is not installed (there is no index) but
+  each line must already be satisfied here, or the job fails as a failed pip install would; the process
+  gets no AWS credentials, no PYTHONPATH (it imports what it ships) and no local-backend jobs root; the
+  training image and instance type are recorded, never pulled or provisioned; TrainingTimeInSeconds and
+  BillableTimeInSeconds are the run's wall seconds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
 import threading
 import time
 import urllib.request
@@ -61,6 +94,9 @@ DEFAULT_TRAINING_QUOTAS = {"ml.g4dn.xlarge": 8.0, "ml.p3.2xlarge": 8.0}
 # spot training SageMaker bills SPOT_BILLED_FRACTION of it.
 TRAINING_SECONDS = 400
 SPOT_BILLED_FRACTION = 0.3
+TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+# What DescribeTrainingJob and StopTrainingJob answer for an unknown name (ValidationException).
+TRAINING_JOB_NOT_FOUND = "Requested resource not found."
 
 
 def jumpstart_log(model_id: str, learning_rate: float) -> str:
@@ -91,20 +127,23 @@ class FakeSageMaker:
                  run_seconds_by_model: dict[str, float] | None = None,
                  server_throttle: tuple[str, ...] = (), throttle_burst: int = 0,
                  quota_jobs: int | None = None, denied: tuple[str, ...] = (), retries: dict | None = None,
-                 training_quotas: dict[str, float] | None = None):
+                 training_quotas: dict[str, float] | None = None, run_training_jobs: bool = True):
         # Every fault is answered by the server itself, so it reaches clients in any process (real Airflow):
         # throttling, the account's training-instance quota (`quota_jobs` tuning jobs' worth), describes
-        # refused to the jobs whose names start with one of `denied`, and StopHyperParameterTuningJob
-        # (which moto's server does not implement). `training_quotas`: what Service Quotas answers for
-        # "<instance type> for training job usage" (DEFAULT_TRAINING_QUOTAS unless given).
+        # refused to the jobs whose names start with one of `denied`, and StopHyperParameterTuningJob and
+        # StopTrainingJob (which moto's server does not implement). `training_quotas`: what Service Quotas
+        # answers for "<instance type> for training job usage" (DEFAULT_TRAINING_QUOTAS unless given).
+        # `run_training_jobs=False`: standalone training jobs stay InProgress (for tests of requests only).
         self.training_quotas = dict(DEFAULT_TRAINING_QUOTAS if training_quotas is None else training_quotas)
+        self.run_training_jobs = run_training_jobs
         self.additions = MotoAdditions(self)
         self.server_throttle = ServerThrottle(server_throttle, burst=throttle_burst)
         self.quota = ServerQuota(self, quota_jobs)
         self.deny = ServerDeny(denied)
         self.stops = ServerStop(self)
+        self.training = ServerTrainingJobs(self)
         self.server = ThrottlingMotoServer(self.server_throttle, ip_address="127.0.0.1", port=0, verbose=False,
-                                           middlewares=(self.stops, self.deny, self.quota))
+                                           middlewares=(self.training, self.stops, self.deny, self.quota))
         self.server.start()
         self.retries = retries  # the connection's botocore retry config, when a test sets one
         host, port = self.server.get_host_and_port()
@@ -118,6 +157,8 @@ class FakeSageMaker:
         self.calls: Counter = Counter()  # (operation, job or listing filter) -> requests past the throttle
         self.stop_requested: set[str] = set()
         self.finish_requested: set[str] = set()
+        self.trial_names: set[str] = set()  # training jobs the driver creates for tuning jobs (moto runs them)
+        self.training_runs: dict[str, TrainingRun] = {}  # standalone training jobs, run for real
         self._stop = threading.Event()
         self._patch_new_jobs_to_start_in_progress()
         self.additions.install()
@@ -172,6 +213,8 @@ class FakeSageMaker:
 
         self._stop.set()
         self._driver.join(timeout=5)
+        for run in list(self.training_runs.values()):
+            run.thread.join(timeout=10)  # each kills its program when the fake stops
         models.HyperParameterTuningJob.__init__ = self._original_init
         self.additions.remove()
         self.server.stop()
@@ -205,7 +248,24 @@ class FakeSageMaker:
                 elif name in self.finish_requested or time.monotonic() - self.started[name] >= \
                         self.run_seconds_by_model.get(_model_id(job), self.run_seconds):
                     self._finish(job)
+            for name, job in list(self.backend.training_jobs.items()) if self.run_training_jobs else ():
+                if job.training_job_status == "InProgress" and name not in self.trial_names | set(self.training_runs):
+                    self.training_runs[name] = TrainingRun(self, job)
+                    self.training_runs[name].thread.start()
             time.sleep(0.05)
+
+    def put_training_log(self, name: str, text: str) -> None:
+        """The job's log in CloudWatch Logs, where SageMaker puts it: one stream `<name>/algo-1-<time>`."""
+        logs = self.client("logs")
+        if TRAINING_LOG_GROUP not in [g["logGroupName"] for g in logs.describe_log_groups()["logGroups"]]:
+            with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):  # another job's thread made it
+                logs.create_log_group(logGroupName=TRAINING_LOG_GROUP)
+        stream = f"{name}/algo-1-1700000000"
+        logs.create_log_stream(logGroupName=TRAINING_LOG_GROUP, logStreamName=stream)
+        lines = [line for line in text.splitlines() if line]  # CloudWatch takes no empty event
+        if lines:
+            logs.put_log_events(logGroupName=TRAINING_LOG_GROUP, logStreamName=stream,
+                                logEvents=[{"timestamp": int(time.time() * 1000), "message": line} for line in lines])
 
     def _end(self, job: Any, status: str, reason: str = "") -> None:
         job.failure_reason = reason
@@ -228,18 +288,11 @@ class FakeSageMaker:
                 trial.failure_reason = reason
             self._end(job, "Failed", f"No training job succeeded after 2 attempts. {reason}")
             return
-        logs = self.client("logs")
-        if "/aws/sagemaker/TrainingJobs" not in [g["logGroupName"] for g in logs.describe_log_groups()["logGroups"]]:
-            logs.create_log_group(logGroupName="/aws/sagemaker/TrainingJobs")
         trials = []
         for index, rate in enumerate(rates, start=1):
             name = self._create_trial(job, index, rate).training_job_name
             text = jumpstart_log(model_id, float(rate))
-            stream = f"{name}/algo-1-1700000000"
-            logs.create_log_stream(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream)
-            logs.put_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream,
-                                logEvents=[{"timestamp": int(time.time() * 1000), "message": line}
-                                           for line in text.splitlines()])
+            self.put_training_log(name, text)
             metrics = extract_final_metrics(text, definition["AlgorithmSpecification"]["MetricDefinitions"])
             trial = self.backend.training_jobs[name]
             trial.final_metric_data_list = [{"MetricName": metric, "Value": value, "Timestamp": _now()}
@@ -264,6 +317,7 @@ class FakeSageMaker:
         definition = job.training_job_definition
         name = f"{job.hyper_parameter_tuning_job_name}-{index:03d}-{hashlib.sha1(rate.encode()).hexdigest()[:8]}"
         spot = bool(definition.get("EnableManagedSpotTraining"))
+        self.trial_names.add(name)
         self.client("sagemaker").create_training_job(
             TrainingJobName=name, HyperParameters={**definition["StaticHyperParameters"], "learning_rate": rate},
             AlgorithmSpecification={key: definition["AlgorithmSpecification"][key]
@@ -578,10 +632,30 @@ class ServerDeny:
         return deny
 
 
+@dataclasses.dataclass(frozen=True)
+class _Stoppable:
+    noun: str  # "tuning job", "training job"
+    name_key: str  # the request's job-name field
+    jobs: str  # moto's backend dict of such jobs
+    status: str  # the job's status attribute
+    unknown: tuple[str, str]  # (code, message) SageMaker answers for a name it does not know
+
+
 class ServerStop:
-    """WSGI middleware: StopHyperParameterTuningJob, which moto's server does not implement, as SageMaker
-    answers it: an InProgress job turns Stopping (the driver then ends it Stopped) and the answer is empty;
-    a job in another status is a ValidationException, an unknown name ResourceNotFound."""
+    """WSGI middleware: StopHyperParameterTuningJob and StopTrainingJob, which moto's server does not implement,
+    as SageMaker answers them: an InProgress job turns Stopping (the driver, or the training job's run, then
+    ends it Stopped) and the answer is empty; a job in another status is a ValidationException; an unknown
+    name is ResourceNotFound for a tuning job and ValidationException "Requested resource not found." for a
+    training job."""
+
+    OPERATIONS = {
+        "StopHyperParameterTuningJob": _Stoppable(
+            "tuning job", "HyperParameterTuningJobName", "hyper_parameter_tuning_jobs",
+            "hyper_parameter_tuning_job_status", ("ResourceNotFound", "Amazon SageMaker can't find a tuning job with "
+                                                                      "name {name}")),
+        "StopTrainingJob": _Stoppable("training job", "TrainingJobName", "training_jobs", "training_job_status",
+                                      ("ValidationException", TRAINING_JOB_NOT_FOUND)),
+    }
 
     def __init__(self, fake: FakeSageMaker):
         self.fake = fake
@@ -592,23 +666,240 @@ class ServerStop:
             operation, request = _sagemaker_call(environ)
             if operation:
                 self.fake.calls[(operation, _subject(request))] += 1  # every SageMaker request moto answers
-            if operation != "StopHyperParameterTuningJob":
+            kind = self.OPERATIONS.get(operation)
+            if kind is None:
                 return app(environ, start_response)
-            name = request.get("HyperParameterTuningJobName", "")
-            job = self.fake.backend.hyper_parameter_tuning_jobs.get(name)
+            name = request.get(kind.name_key, "")
+            job = getattr(self.fake.backend, kind.jobs).get(name)
             if job is None:
-                return _error(start_response, "ResourceNotFound", f"Amazon SageMaker can't find a tuning job with "
-                                                                  f"name {name}")
-            status = job.hyper_parameter_tuning_job_status
+                code, message = kind.unknown
+                return _error(start_response, code, message.format(name=name))
+            status = getattr(job, kind.status)
             if status != "InProgress":
                 return _error(start_response, "ValidationException",
-                              f"The request was rejected because the tuning job is in status {status}.")
-            job.hyper_parameter_tuning_job_status = "Stopping"
+                              f"The request was rejected because the {kind.noun} is in status {status}.")
+            setattr(job, kind.status, "Stopping")
+            if kind.noun == "training job":  # its secondary status says so too
+                job.secondary_status = "Stopping"
             self.stopped.append(name)
             start_response("200 OK", [("Content-Type", "application/x-amz-json-1.1"), ("Content-Length", "2")])
             return [b"{}"]
 
         return stop
+
+
+class ServerTrainingJobs:
+    """WSGI middleware: what SageMaker does with a standalone training job that moto's server does not.
+
+    CreateTrainingJob of a name in use is ResourceInUse with the service's message (moto would replace the
+    job); a new job starts InProgress in the secondary status Starting, with the AlgorithmSpecification it
+    was sent (moto completes it at once and adds a canned metric definition), and the driver runs it
+    (`TrainingRun`). The tuning jobs' trials (`trial_names`) are left as moto makes them. DescribeTrainingJob
+    of an unknown name is the service's ValidationException "Requested resource not found.". The check and
+    the create happen under one lock, as the service admits one create of a name."""
+
+    def __init__(self, fake: FakeSageMaker):
+        self.fake = fake
+        self._lock = threading.Lock()
+
+    def wrap(self, app: Any) -> Any:
+        def training_jobs(environ: dict, start_response: Any) -> Any:
+            operation, request = _sagemaker_call(environ)
+            name = request.get("TrainingJobName", "")
+            jobs = self.fake.backend.training_jobs
+            if operation == "DescribeTrainingJob" and name not in jobs:
+                return _error(start_response, "ValidationException", TRAINING_JOB_NOT_FOUND)
+            if operation != "CreateTrainingJob" or name in self.fake.trial_names:
+                return app(environ, start_response)
+            with self._lock:
+                if name in jobs:
+                    return _error(start_response, "ResourceInUse", (
+                        "Training job names must be unique within an AWS account and region, and a training job "
+                        f"with this name already exists ({jobs[name].arn})"))
+                answer = list(app(environ, start_response))
+                job = jobs.get(name)
+                if job is not None:  # created (moto refuses nothing the contract check lets through)
+                    job.algorithm_specification = request["AlgorithmSpecification"]
+                    job.final_metric_data_list = []
+                    job.model_artifacts = job.training_end_time = None
+                    job.secondary_status_transitions = [{"Status": "Starting", "StartTime": _now(),
+                                                         "StatusMessage": "Launching requested ML instances"}]
+                    job.secondary_status = "Starting"
+                    job.training_job_status = "InProgress"
+                return answer
+
+        return training_jobs
+
+
+class TrainingRun:
+    """One standalone training job, run as SageMaker's training toolkit runs a script-mode job (module docstring)."""
+
+    def __init__(self, fake: FakeSageMaker, job: Any):
+        self.fake = fake
+        self.job = job
+        self.name = job.training_job_name
+        self.s3 = fake.client("s3")
+        self.process: subprocess.Popen | None = None
+        self.thread = threading.Thread(target=self._run, name=f"training job {self.name}", daemon=True)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="fake-sagemaker-") as folder:
+            try:
+                status, reason, log = self._train(Path(folder))
+            except Exception as error:  # noqa: BLE001 - the fake's own failure must end the job, not hang the test
+                status, reason, log = "Failed", f"InternalServerError: the fake could not run the job: {error!r}", ""
+        try:
+            self.fake.put_training_log(self.name, log)
+        finally:  # the job ends whatever happens to its log
+            job = self.job
+            job.training_time_in_seconds = job.billable_time_in_seconds = max(1, math.ceil(time.monotonic() - started))
+            if reason:
+                job.failure_reason = reason[:1024]  # FailureReason's limit
+            self._phase(status, {"Completed": "Training job completed", "Failed": "Training job failed",
+                                 "Stopped": "Training job stopped"}[status])
+            job.training_end_time = job.last_modified_time = _now()
+            job.training_job_status = status
+
+    def _stopping(self) -> bool:
+        return self.job.training_job_status == "Stopping" or self.fake._stop.is_set()
+
+    def _phase(self, status: str, message: str) -> None:
+        """A secondary status, as DescribeTrainingJob's SecondaryStatusTransitions show it."""
+        now = _now()
+        transitions = self.job.secondary_status_transitions
+        if transitions and "EndTime" not in transitions[-1]:
+            transitions[-1]["EndTime"] = now
+        transitions.append({"Status": status, "StartTime": now, "StatusMessage": message})
+        self.job.secondary_status = status
+        self.job.last_modified_time = now
+
+    def _train(self, root: Path) -> tuple[str, str | None, str]:
+        """(status, failure reason, log): download, run the program, upload its model folder."""
+        job, hyperparameters = self.job, dict(self.job.hyper_parameters or {})
+        self._phase("Downloading", "Downloading input data")
+        channels = {}
+        for channel in job.input_data_config or []:
+            channels[channel["ChannelName"]] = self._download_prefix(
+                channel["DataSource"]["S3DataSource"]["S3Uri"], root / "input" / "data" / channel["ChannelName"])
+        program, source = hyperparameters.get("sagemaker_program"), hyperparameters.get("sagemaker_submit_directory")
+        if not (program and source):
+            return "Failed", "AlgorithmError: no sagemaker_program and sagemaker_submit_directory to run", ""
+        code = root / "code"
+        with tarfile.open(fileobj=io.BytesIO(self._get(source)), mode="r:gz") as archive:
+            archive.extractall(code, filter="data")
+        unmet = unsatisfied_requirements(code / "requirements.txt")
+        if unmet:
+            return "Failed", f"AlgorithmError: InstallRequirementsError: {'; '.join(unmet)}", ""
+        if self._stopping():
+            return "Stopped", None, ""
+        self._phase("Training", "Training image download completed. Training in progress.")
+        model_dir = root / "model"
+        model_dir.mkdir()
+        user = {key: value for key, value in hyperparameters.items() if not key.startswith("sagemaker_")}
+        decoded = {key: _json_or_text(value) for key, value in user.items()}
+        arguments = [item for key in sorted(user) for item in (f"--{key}", user[key])]
+        config = root / "input" / "config"
+        config.mkdir(parents=True)
+        (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+        environment = {
+            **{key: value for key, value in os.environ.items()
+               if not key.startswith(("AWS_", "AIRFLOW_", "MODEL_SELECTION_")) and key != "PYTHONPATH"},
+            "SM_MODEL_DIR": str(model_dir), "SM_OUTPUT_DATA_DIR": str(root / "output" / "data"),
+            "SM_INPUT_DIR": str(root / "input"), "SM_INPUT_CONFIG_DIR": str(config),
+            "SM_CHANNELS": json.dumps(sorted(channels)), "SM_HPS": json.dumps(decoded),
+            "SM_USER_ARGS": json.dumps(arguments), "SM_MODULE_DIR": source, "SM_USER_ENTRY_POINT": program,
+            "SM_CURRENT_HOST": "algo-1", "SM_HOSTS": json.dumps(["algo-1"]), "SM_NUM_GPUS": "0",
+            **{f"SM_CHANNEL_{name.upper()}": str(path) for name, path in channels.items()},
+            **{f"SM_HP_{key.upper()}": value for key, value in user.items()},
+        }
+        command = [sys.executable, program, *arguments]
+        log_path = root / "log.txt"
+        with log_path.open("wb") as log:
+            self.process = process = subprocess.Popen(command, cwd=code, env=environment, stdout=log,
+                                                      stderr=subprocess.STDOUT, start_new_session=True)
+            while process.poll() is None:
+                if self._stopping():
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+                    return "Stopped", None, log_path.read_text(errors="replace")
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=0.1)
+        text = log_path.read_text(errors="replace")
+        if process.returncode != 0:
+            tail = text.strip()[-600:]
+            return "Failed", (f'AlgorithmError: ExecuteUserScriptError:\nExitCode {process.returncode}\n'
+                              f'ErrorMessage "{tail}"\nCommand "{" ".join(["python", program, *arguments])}", '
+                              f"exit code: {process.returncode}"), text
+        self._phase("Uploading", "Uploading generated training model")
+        artifact = f"{job.output_data_config['S3OutputPath'].rstrip('/')}/{self.name}/output/model.tar.gz"
+        bucket, key = _split(artifact)
+        self.s3.put_object(Bucket=bucket, Key=key, Body=_tar_folder(model_dir))
+        job.model_artifacts = {"S3ModelArtifacts": artifact}
+        return "Completed", None, text
+
+    def _get(self, uri: str) -> bytes:
+        bucket, key = _split(uri)
+        return self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def _download_prefix(self, uri: str, folder: Path) -> Path:
+        """Every object under an S3Prefix channel, at its path below the prefix (as File mode lays them out)."""
+        bucket, prefix = _split(uri)
+        folder.mkdir(parents=True, exist_ok=True)
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                relative = item["Key"][len(prefix):].lstrip("/") or item["Key"].rsplit("/", 1)[-1]
+                target = folder / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(self.s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+        return folder
+
+
+def unsatisfied_requirements(path: Path) -> list[str]:
+    """The lines of a requirements.txt this python does not already satisfy (none when there is no file)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    if not path.exists():
+        return []
+    unmet = []
+    for line in (raw.split("#")[0].strip() for raw in path.read_text().splitlines()):
+        if not line:
+            continue
+        try:
+            requirement = Requirement(line)
+            installed = version(requirement.name)
+        except InvalidRequirement as error:
+            unmet.append(f"{line!r}: {error}")
+            continue
+        except PackageNotFoundError:
+            unmet.append(f"{line}: not installed")
+            continue
+        if not requirement.specifier.contains(installed, prereleases=True):
+            unmet.append(f"{line}: {installed} installed")
+    return unmet
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def _split(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key
+
+
+def _tar_folder(folder: Path) -> bytes:
+    """model.tar.gz of a folder's contents, members named relative to it (as SageMaker packs /opt/ml/model)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for path in sorted(folder.rglob("*")):
+            archive.add(path, arcname=path.relative_to(folder).as_posix(), recursive=False)
+    return buffer.getvalue()
 
 
 class ThrottlingMotoServer(ThreadedMotoServer):

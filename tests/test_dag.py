@@ -43,7 +43,7 @@ print(sorted(task.task_id for task in dag.tasks))
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
                             env={**airflow_environment(Path("/tmp/unused"), Path("/tmp/unused"), Path("/tmp/unused"))})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "['collect_metrics', 'frontier_report', 'lane.launch', 'lane.wait', 'measure_speed', 'plan', 'screen']" in result.stdout
+    assert "['collect_metrics', 'frontier_report', 'lane.launch', 'lane.wait', 'measure_speed', 'plan', 'screen', 'screen_launch', 'screen_wait']" in result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,8 @@ def test_screen_fine_tunes_only_the_best_and_a_later_run_trains_a_screened_out_m
     result = dags_test(airflow["environment"], screened)
     output = result.stdout + result.stderr
     assert run_succeeded(output), output[-4000:]
-    assert "screen: 3 candidate(s) scored, the best 1 fine-tuned; saves 4 training job(s)" in output
+    assert ("screen: 3 candidate(s) scored on at most 20 images per class of training and validation, in one local "
+            "job; the best 1 fine-tuned; saves 4 training job(s)") in output
     launched = sorted(set(tuning_jobs(airflow)) - set(before))
     rows = {row["model_id"]: row for row in store.read_latest(dataset="screened")}
     kept = [model for model, row in rows.items() if row["status"] == "Completed"]
@@ -168,6 +169,12 @@ def test_screen_fine_tunes_only_the_best_and_a_later_run_trains_a_screened_out_m
         assert 0.0 <= rows[model]["screen_knn"] <= 1.0 and rows[model]["screen_seconds"] > 0
     record = store.latest_record("screen", "screened", rows[kept[0]]["config_hash"])
     assert record["kept"] == kept and sorted(record["screened_out"]) == out and record["training_jobs_saved"] == 4
+    # the scores came from one training job the DAG launched and waited for, not from the Airflow task
+    from model_selection.backends.local import LocalSageMakerClient
+
+    job = LocalSageMakerClient(airflow["root"] / "jobs").describe_training_job(TrainingJobName=record["job_name"])
+    assert job["TrainingJobStatus"] == "Completed" and job["ModelArtifacts"]["S3ModelArtifacts"].endswith("model.tar.gz")
+    assert record["images"] == 3 * 8 + 3 * 4  # every image: the sample (20 per class) is larger than the data set
     speed = store.latest_record("speed", "screened", rows[kept[0]]["config_hash"])
     assert list(speed["models"]) == kept and speed["models"][kept[0]]["throughput"] > 0
     report = (airflow["root"] / "results" / "reports" / "screened" / rows[kept[0]]["config_hash"] / "report.html").read_text()

@@ -96,6 +96,7 @@ def test_the_hook_refuses_what_the_service_model_refuses_before_sending_it(fake,
     hook = tuning_job_hook(launch["hook_params"])
     sagemaker_contract.unhook(hook.conn)  # the suite's own check off: what keeps these off the wire is the product's
     request = build_tuning_request(launch["job_name"], **launch["spec"])
+    definition = request["TrainingJobDefinition"]
     forty_one = copy.deepcopy(request)
     forty_one["TrainingJobDefinition"]["AlgorithmSpecification"]["MetricDefinitions"] = all_metric_definitions()
     name_pattern = r"does not match the pattern [a-zA-Z0-9](-*[a-zA-Z0-9]){0,31}"
@@ -116,6 +117,15 @@ def test_the_hook_refuses_what_the_service_model_refuses_before_sending_it(fake,
             (lambda: hook.describe_training_job("a" * 64), "TrainingJobName: 64 characters, at most 63 allowed")],
         "ListTrainingJobsForHyperParameterTuningJob": [
             (lambda: hook.list_training_jobs("bad_name"), f"HyperParameterTuningJobName: 'bad_name' {name_pattern}")],
+        "CreateTrainingJob": [  # the screen's job: a training job's request is a tuning job's definition, named
+            (lambda: hook.create_or_attach_training_job({
+                "TrainingJobName": "x" * 64, "HyperParameters": definition["StaticHyperParameters"],
+                **{key: definition[key] for key in ("AlgorithmSpecification", "RoleArn", "InputDataConfig",
+                                                    "OutputDataConfig", "ResourceConfig", "StoppingCondition")}}),
+             "TrainingJobName: 64 characters, at most 63 allowed")],
+        "StopTrainingJob": [  # not taken for "ended already"
+            (lambda: hook.stop_training_job("bad_name"),
+             "TrainingJobName: 'bad_name' does not match the pattern [a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")],
     }
     used = {operation_for_method(method) for method in re.findall(r"self\.conn\.(\w+)", inspect.getsource(hooks))}
     used.discard(None)  # the local client's training_job_log is no operation of the service

@@ -224,7 +224,14 @@ def test_select_top_keeps_the_best_and_breaks_ties_by_model_id():
         ({"keep_top": True}, "local", ["screen.keep_top must be an integer"]),
         ({"keep_top": 5}, "local", ["keeps all 5 candidate model(s)"]),
         ({"keep_top": 2, "score": "fast"}, "local", ["screen.score must be one of knn, linear, logme, combined"]),
-        ({"keep_top": 2}, "sagemaker", ["screen runs on the local backend only: on SageMaker"]),
+        ({"keep_top": 2}, "sagemaker", []),
+        ({"keep_top": 2, "sample_per_class": None, "seed": 3, "instance_type": "ml.p3.2xlarge", "unscored": "leave_out"},
+         "sagemaker", []),
+        ({"keep_top": 2, "sample_per_class": 0}, "local", ["screen.sample_per_class must be an integer of at least 1"]),
+        ({"keep_top": 2, "seed": -1}, "local", ["screen.seed must be an integer of at least 0, got -1"]),
+        ({"keep_top": 2, "instance_type": "g4dn"}, "sagemaker", ["screen.instance_type 'g4dn' is not a SageMaker"]),
+        ({"keep_top": 2, "unscored": "skip"}, "sagemaker", ["screen.unscored must be one of fine_tune, leave_out"]),
+        ({"keep_top": 2}, "emr", ["screen runs on the local or the sagemaker backend, not 'emr'"]),
     ],
 )
 def test_screen_param_problems_are_named(screen, backend, messages):
@@ -236,6 +243,8 @@ def test_screen_param_problems_are_named(screen, backend, messages):
 
 def test_screen_settings_default_to_the_combined_score():
     assert screening.screen_settings({"keep_top": 3}) == screening.ScreenSettings(3, "combined")
+    assert screening.screen_settings({"keep_top": 3}).sample_per_class == screening.DEFAULT_SAMPLE_PER_CLASS
+    assert screening.screen_settings({"keep_top": 3, "sample_per_class": None}).sample_per_class is None
     assert screening.screen_settings({}) is None
 
 

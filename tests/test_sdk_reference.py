@@ -18,6 +18,7 @@ document made from the same spec `jumpstart_fixtures` writes for the project (se
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from fake_sagemaker import ACCOUNT, REGION, ROLE, serving
 from jumpstart_fixtures import MODEL_VERSION, model_spec
 
@@ -163,6 +165,7 @@ SHORTER = [
     ("HyperParameterTuningJobConfig.", ""), ("TrainingJobDefinition.", ""), ("AlgorithmSpecification.", ""),
     ("HyperParameterTuningJobObjective.", "Objective."), ("ParameterRanges.CategoricalParameterRanges.", "CategoricalRange."),
     ("InputDataConfig.", "Channel."), ("DataSource.S3DataSource.", ""), ("StaticHyperParameters.", "HyperParameter."),
+    ("HyperParameters.", "HyperParameter."),  # a training job's own (after the tuning job's StaticHyperParameters)
 ]
 NAMING_KEYS = ("ChannelName", "Key", "Name")
 
@@ -275,35 +278,46 @@ def answer_describe_hub_content(params: dict[str, Any], **kwargs: Any) -> tuple[
     }
 
 
+def sdk_session(monkeypatch: Any, endpoint: str, operation: str, handlers: dict[str, Any] | None = None,
+                ) -> tuple[Any, list[dict[str, Any]]]:
+    """An SDK session whose every client reaches moto, and the list that receives each `operation` request it sends.
+
+    `handlers`: more botocore event handlers, by event name, registered before any client is made.
+    """
+    import boto3
+    from botocore.awsrequest import AWSResponse
+    from sagemaker.core.helper.session_helper import Session
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # every client the SDK makes reaches moto
+    monkeypatch.setenv("SAGEMAKER_VALIDATE_ROLE", "false")  # the SDK's client-side IAM check; not part of the request
+    sent: list[dict[str, Any]] = []
+    boto_session = boto3.Session(region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing")
+    # moto's IAM policy simulation knows no SDK default bucket; the SDK asks whether the role may write to it.
+    boto_session.events.register("before-call.iam.SimulatePrincipalPolicy", lambda params, **kwargs: (
+        AWSResponse(params["url"], 200, {}, None), {"EvaluationResults": [{"EvalDecision": "allowed"}]}))
+    boto_session.events.register(f"before-call.sagemaker.{operation}",
+                                 lambda params, **kwargs: sent.append(json.loads(params["body"])))
+    for event, handler in (handlers or {}).items():
+        boto_session.events.register(event, handler)
+    # A default bucket named as the SDK names it (it would ask STS's fixed regional endpoint for the account).
+    return Session(boto_session=boto_session, default_bucket=f"sagemaker-{REGION}-{ACCOUNT}"), sent
+
+
 def sdk_request(monkeypatch: Any, endpoint: str, max_parallel_jobs: int = len(LEARNING_RATES),
                 **trainer_settings: Any) -> dict[str, Any]:
     """The request the SDK sends for the model and settings, as it went on the wire (to moto).
 
     `trainer_settings` are `ModelTrainer.from_jumpstart_config` arguments (compute, networking, ...).
     """
-    import boto3
-    from botocore.awsrequest import AWSResponse
     from sagemaker.core import metric_definitions
-    from sagemaker.core.helper.session_helper import Session
     from sagemaker.core.jumpstart.configs import JumpStartConfig
     from sagemaker.core.parameter import CategoricalParameter
     from sagemaker.core.training.configs import Compute, InputData, OutputDataConfig
     from sagemaker.train.model_trainer import ModelTrainer
     from sagemaker.train.tuner import HyperparameterTuner
 
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # every client the SDK makes reaches moto
-    monkeypatch.setenv("SAGEMAKER_VALIDATE_ROLE", "false")  # the SDK's client-side IAM check; not part of the request
-    sent: list[dict[str, Any]] = []
-    boto_session = boto3.Session(region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing")
-    boto_session.events.register("before-call.sagemaker.DescribeHubContent", answer_describe_hub_content)
-    # moto has no IAM policy simulation; the SDK asks it whether the role may write to its default bucket.
-    boto_session.events.register("before-call.iam.SimulatePrincipalPolicy", lambda params, **kwargs: (
-        AWSResponse(params["url"], 200, {}, None), {"EvaluationResults": [{"EvalDecision": "allowed"}]}))
-    boto_session.events.register("before-call.sagemaker.CreateHyperParameterTuningJob",
-                                 lambda params, **kwargs: sent.append(json.loads(params["body"])))
-    # A default bucket named as the SDK names it (it would ask STS's fixed regional endpoint for the account).
-    session = Session(boto_session=boto_session, default_bucket=f"sagemaker-{REGION}-{ACCOUNT}")
-
+    session, sent = sdk_session(monkeypatch, endpoint, "CreateHyperParameterTuningJob",
+                                {"before-call.sagemaker.DescribeHubContent": answer_describe_hub_content})
     trainer = ModelTrainer.from_jumpstart_config(
         JumpStartConfig(model_id=MODEL),
         hyperparameters=dict(STUDY_HYPERPARAMETERS),
@@ -450,3 +464,158 @@ def test_the_readme_states_every_deliberate_difference():
     section = readme.split(README_SECTION, 1)[1].split("\n## ", 1)[0]
     missing = [name for name in {**DELIBERATE, **WITH_SETTINGS} if name.lower() not in section.lower()]
     assert not missing, f"README section {README_SECTION!r} does not state: {missing}"
+
+
+# -- the screen's training job ----------------------------------------------------------------------------
+# The same screen through the SDK's own `ModelTrainer` (the V3 way to run a script in a framework image) and
+# through the project (`screen_request.build_screen_request`, sent by the hook), both against moto.
+SCREEN_CANDIDATES = [{"model_id": MODEL, "static_hyperparameters": {"model_id": "tf_mobilenetv3_large_100"}}]
+SCREEN_SETTINGS = {"sample_per_class": 4, "seed": 7, "score": "combined"}
+SCREEN_TAGS = {"model-selection:dag-id": "sdk-reference"}
+SCREEN_CHANNELS = ("training", "validation")
+
+# Where our screen request deliberately differs from ModelTrainer's. The first four rows are one choice:
+# ModelTrainer ships the source as a `code` channel plus its own launcher (`sm_drivers`) and replaces the
+# image's entrypoint with that launcher; we stage one archive and name it in the hyperparameters the PyTorch
+# image's training toolkit reads, as JumpStart's training jobs do (and the tuning jobs of this project).
+SCREEN_DELIBERATE: dict[str, Difference] = {
+    "screen job name": Difference(
+        r"TrainingJobName", Match(r"ms-screen-\d{4}(-\d{2}){5}-\d{3}|ms-screen-\d{14}"),
+        Match(r"ms-screen-[a-z0-9-]+-[0-9a-f]{12}-[0-9a-f]{10}"),
+        "the SDK names a job after its base name and the time; ours is derived from the data set, study and "
+        "screen, so a retried or re-planned screen attaches to its job instead of running it twice"),
+    "toolkit source hyperparameters": Difference(
+        r"HyperParameter\.sagemaker_(program|submit_directory)", ABSENT, ANY,
+        "the training toolkit of the PyTorch image downloads sagemaker_submit_directory, installs its "
+        "requirements.txt and runs sagemaker_program, as for JumpStart's scripts"),
+    "V3 launcher entrypoint": Difference(
+        r"Container(Entrypoint|Arguments)", ANY, ABSENT,
+        "ModelTrainer replaces the image's entrypoint with its launcher (bash sm_train.sh); ours keeps the "
+        "image's own, the training toolkit"),
+    "source as a code channel": Difference(
+        r"Channel\.code\..+", ANY, ABSENT,
+        "ModelTrainer uploads the source folder file by file and delivers it as the code channel; ours is one "
+        "reproducible archive staged under the output path, named by sagemaker_submit_directory"),
+    "V3 driver channel": Difference(
+        r"Channel\.sm_drivers\..+", ANY, ABSENT,
+        "ModelTrainer uploads its launcher (sm_drivers) to the default bucket; the toolkit needs none"),
+    "data channel content type": Difference(
+        r"Channel\.(training|validation)\.ContentType", ABSENT, "application/x-image",
+        "names what the channels hold (class folders of images), as the tuning jobs' channels do"),
+}
+# What must be the same on both sides: the same job runs on the same data, in the same place, as the same role.
+SCREEN_EQUAL = (r"TrainingImage", r"TrainingInputMode", r"ResourceConfig\..+", r"RoleArn", r"OutputDataConfig\..+",
+                r"Channel\.(training|validation)\.(S3Uri|S3DataType|S3DataDistributionType|InputMode)",
+                r"StoppingCondition\..+", r"HyperParameter\.(sample_per_class|seed|score)", r"Tags\..+",
+                r"VpcConfig\..+", r"EnableInterContainerTrafficEncryption")
+
+
+def screen_study(**settings: Any) -> Any:
+    from model_selection.study import Study
+
+    parsed, problems = Study.parse({
+        "backend": "sagemaker", "model_ids": [MODEL], "role_arn": ROLE, "output_path": OUTPUT, "region_name": REGION,
+        "dataset": {"name": "pets", **{channel: f"{DATA}/{channel}" for channel in CHANNELS}}, **settings},
+        Path(__file__).resolve().parents[1])
+    assert problems == []
+    return parsed
+
+
+def our_screen_request(hooked: list, instance_type: str, **settings: Any) -> dict[str, Any]:
+    """What the project sends for the screen: the archive staged, the request built and created by the hook."""
+    from model_selection.hooks import tuning_job_hook
+    from model_selection.screen_request import build_screen_request, screen_job_name
+    from model_selection.screen_source import SOURCE_ARCHIVE, source_archive
+
+    sent: list[dict[str, Any]] = []
+
+    def record(request: Any, event_name: str, **kwargs: Any) -> None:
+        if event_name.endswith(".CreateTrainingJob"):
+            sent.append(json.loads(request.body))
+
+    hooked.append(record)
+    study = screen_study(**settings)
+    hook = tuning_job_hook({"backend": "sagemaker", "aws_conn_id": "aws_default", "region_name": REGION})
+    name = screen_job_name("pets", study.config_hash, SCREEN_CANDIDATES, **SCREEN_SETTINGS)
+    source = hook.stage(name, SOURCE_ARCHIVE, source_archive(SCREEN_CANDIDATES), OUTPUT)
+    hook.create_or_attach_training_job(build_screen_request(
+        study, name, source_uri=source, output_path=OUTPUT, instance_type=instance_type, tags=SCREEN_TAGS,
+        **SCREEN_SETTINGS))
+    hooked.remove(record)
+    assert len(sent) == 1, sent
+    return sent[0]
+
+
+def sdk_screen_request(monkeypatch: Any, endpoint: str, source_dir: Path, ours: dict[str, Any],
+                       **trainer_settings: Any) -> dict[str, Any]:
+    """What `ModelTrainer` sends for the same screen: our image, our source folder (the archive extracted) with
+    its program and requirements, our channels' URIs, run limit and tags (`trainer_settings`: compute, ...)."""
+    from sagemaker.core.shapes import StoppingCondition, Tag
+    from sagemaker.core.training.configs import InputData, SourceCode
+    from sagemaker.train.model_trainer import ModelTrainer
+
+    from model_selection.screen_source import REQUIREMENTS_FILE, SCREEN_PROGRAM
+
+    session, sent = sdk_session(monkeypatch, endpoint, "CreateTrainingJob")
+    trainer = ModelTrainer(
+        training_image=ours["AlgorithmSpecification"]["TrainingImage"],
+        source_code=SourceCode(source_dir=str(source_dir), entry_script=SCREEN_PROGRAM, requirements=REQUIREMENTS_FILE),
+        role=ROLE, sagemaker_session=session, base_job_name="ms-screen",
+        stopping_condition=StoppingCondition(max_runtime_in_seconds=ours["StoppingCondition"]["MaxRuntimeInSeconds"]),
+        hyperparameters=dict(SCREEN_SETTINGS), tags=[Tag(key=key, value=value) for key, value in SCREEN_TAGS.items()],
+        **trainer_settings,
+    )
+    trainer.train(input_data_config=[
+        InputData(channel_name=channel["ChannelName"], data_source=channel["DataSource"]["S3DataSource"]["S3Uri"])
+        for channel in ours["InputDataConfig"]], wait=False)
+    assert len(sent) == 1, sent
+    return sent[0]
+
+
+@pytest.mark.parametrize("account_settings", [False, True], ids=["defaults", "vpc-kms-encryption"])
+def test_our_screen_request_differs_from_model_trainers_only_where_stated(tmp_path, monkeypatch, hooked,
+                                                                          account_settings):
+    """The screen's CreateTrainingJob beside ModelTrainer's for the same image, source, data and compute; with
+    `account_settings`, the study's VPC, KMS keys, volume and encryption, given to ModelTrainer as its own settings
+    (on an instance type without local storage, where SageMaker takes a volume KMS key)."""
+    import tarfile
+
+    from sagemaker.core.training.configs import Compute, Networking, OutputDataConfig
+
+    from model_selection.screen_source import SOURCE_ARCHIVE, source_archive
+
+    instance_type = "ml.p3.2xlarge" if account_settings else INSTANCE_TYPE
+    settings = {"vpc_subnets": SUBNETS, "vpc_security_group_ids": SECURITY_GROUPS, "volume_kms_key_id": VOLUME_KEY,
+                "output_kms_key_id": OUTPUT_KEY, "encrypt_inter_container_traffic": True,
+                "volume_size_gb": 100} if account_settings else {}
+    trainer_settings = {
+        "compute": Compute(instance_type=instance_type, **({"volume_size_in_gb": 100, "volume_kms_key_id": VOLUME_KEY}
+                                                           if account_settings else {})),
+        "output_data_config": OutputDataConfig(s3_output_path=OUTPUT, **({"kms_key_id": OUTPUT_KEY}
+                                                                          if account_settings else {})),
+        **({"networking": Networking(subnets=SUBNETS, security_group_ids=SECURITY_GROUPS,
+                                     enable_inter_container_traffic_encryption=True)} if account_settings else {}),
+    }
+    source_dir = tmp_path / "source"
+    with tarfile.open(fileobj=io.BytesIO(source_archive(SCREEN_CANDIDATES)), mode="r:gz") as archive:
+        archive.extractall(source_dir, filter="data")
+    with serving(tmp_path, monkeypatch, [], run_training_jobs=False) as fake:
+        ours = our_screen_request(hooked, instance_type, **settings)
+        sdk = sdk_screen_request(monkeypatch, fake.endpoint, source_dir, ours, **trainer_settings)
+        staged = ours["HyperParameters"]["sagemaker_submit_directory"]
+        assert staged == f"{OUTPUT}/{ours['TrainingJobName']}/source/{SOURCE_ARCHIVE}"
+        shipped = {item["Key"].rsplit("/", 1)[-1] for item in fake.client("s3").list_objects_v2(
+            Bucket=f"sagemaker-{REGION}-{ACCOUNT}")["Contents"] if "/input/code/" in item["Key"]}
+        assert {"screen_job.py", "requirements.txt", "candidates.json"} <= shipped  # the same source, as files
+
+    problems = problems_with(sdk, ours, SCREEN_DELIBERATE)
+    assert not problems, "\n".join(problems) + "\n\nevery difference:\n" + table(differences(sdk, ours))
+    ours_flat, sdk_flat = fields(ours), fields(sdk)
+    equal = {path for path in ours_flat if any(re.fullmatch(pattern, path) for pattern in SCREEN_EQUAL)}
+    assert {"TrainingImage", "ResourceConfig.InstanceType", "ResourceConfig.InstanceCount", "RoleArn",
+            "ResourceConfig.VolumeSizeInGB", "OutputDataConfig.S3OutputPath", "StoppingCondition.MaxRuntimeInSeconds",
+            "Channel.training.S3Uri", "Channel.validation.S3Uri"} <= equal
+    assert {path: ours_flat[path] for path in equal} == {path: sdk_flat.get(path, ABSENT) for path in equal}
+    if account_settings:
+        assert {"VpcConfig.Subnets", "ResourceConfig.VolumeKmsKeyId", "OutputDataConfig.KmsKeyId",
+                "EnableInterContainerTrafficEncryption"} <= equal

@@ -154,8 +154,10 @@ def _billing(hook: Any, tuning_job_name: str) -> dict[str, Any]:
     cannot be read: a cost we cannot read leaves the cost unknown, not the row."""
     try:
         summaries = _read(hook.list_training_jobs, tuning_job_name)
-        return training_job_billing([_read(hook.describe_training_job, summary["TrainingJobName"])
-                                     for summary in summaries])
+        trainings = [_read(hook.describe_training_job, summary["TrainingJobName"]) for summary in summaries]
+        if None in trainings:
+            raise LookupError("a training job it listed was not found")
+        return training_job_billing(trainings)
     except Exception as error:  # noqa: BLE001 - see the docstring
         log.warning("could not read the training jobs of %s for their cost: %s", tuning_job_name, error)
         return {"training_jobs": None, "billable_seconds": None, "training_seconds": None}
@@ -201,6 +203,8 @@ def collect_row(hook: Any, launch: Mapping[str, Any], study_settings: Mapping[st
         best = tuning.get("BestTrainingJob")
         completed = row["status"] == "Completed" and best
         training = _read(hook.describe_training_job, best["TrainingJobName"]) if completed else None
+        if completed and training is None:
+            raise LookupError(f"its best training job {best['TrainingJobName']} was not found")
     except Exception as error:  # noqa: BLE001 - one model's unreadable job must not lose the other rows
         log.warning("could not read the jobs of %s: %s", model_id, error)
         # Unknown, not the tuning job's Completed: a Completed row would make the next plan skip the model

@@ -52,82 +52,82 @@ def plan_task(params: Mapping[str, Any], project_root: Path) -> dict[str, Any]:
              study["dataset"]["name"], len(planned["launches"]), len(planned["skipped"]),
              f" (skipped: {', '.join(planned['skipped'])})" if planned["skipped"] else "",
              f"; attaching to the running jobs of {', '.join(attaching)}" if attaching else "")
-    if study["screen"]:
-        log.info(screen_saving(study, planned["launches"]))
     return {**planned, "hook_params": settings}
 
 
-def screen_saving(study: Mapping[str, Any], launches: list[dict[str, Any]]) -> str:
-    """What the plan says before anything runs: how many training jobs the screen will spare."""
-    from model_selection.screening import screen_settings, training_jobs_saved
-
-    keep_top = screen_settings(study["screen"]).keep_top
-    candidates = sum(not launch["attaching"] for launch in launches)
-    trials = len(study["learning_rate_multipliers"])
-    return (f"screen: {candidates} candidate(s) scored, the best {min(keep_top, candidates)} fine-tuned; saves "
-            f"{training_jobs_saved(candidates, keep_top, trials)} training job(s) "
-            f"({max(candidates - keep_top, 0)} tuning job(s) of {trials} trial(s) each)")
-
-
-def screen_task(ti: Any, launches: list[dict[str, Any]], run_id: str) -> list[dict[str, Any]]:
-    """The launches the lanes run. With a screen, every candidate is scored from one forward pass of its
-    backbone; only the `keep_top` best are launched, and the others get `Screened out` rows with their scores.
+def screen_task(ti: Any, launches: list[dict[str, Any]], waited: Mapping[str, Any] | None,
+                run_id: str) -> list[dict[str, Any]]:
+    """The launches the lanes run. With a screen, the screen job scored every candidate it could; only the
+    `keep_top` best are launched, and the others get `Screened out` rows with their scores. Candidates it
+    could not score (no exact timm twin) are launched too, or left out when `screen.unscored` says so.
 
     A model whose job is already running is never screened out: its launch attaches to that job.
-    Idempotent: a retry scores from the feature cache and replaces this run's rows and record.
+    `waited` is what `screen_wait` returned (None when no screen job ran). Idempotent: a retry reads the same
+    job's scores and replaces this run's rows and record.
     """
     from model_selection.screening import screen_settings
 
     study = ti.xcom_pull(task_ids=PLAN_TASK, key="study")
     settings = screen_settings(study.get("screen"))
-    candidates = [launch for launch in launches if not launch["attaching"]]
-    if settings is None or not candidates:
+    planned_job = ti.xcom_pull(task_ids=PLAN_TASK, key="screen_job") or {}
+    if settings is None or not planned_job:
         log.info("no screen: all %d planned model(s) are fine-tuned", len(launches))
         return launches
 
-    from model_selection.local.screen import screen_candidates
+    from model_selection.hooks import tuning_job_hook
     from model_selection.results import ResultsStore
     from model_selection.screening import select_top, training_jobs_saved
 
-    results = screen_candidates(
-        [{"model_id": launch["model_id"], "static_hyperparameters": launch["spec"]["static_hyperparameters"]}
-         for launch in candidates],
-        study["dataset"]["training"], study["dataset"].get("validation"), hook_params(study)["jobs_root"], log=log.info,
-    )
+    results: dict[str, dict[str, Any]] = {}
+    document: dict[str, Any] = {}
+    if waited:  # the job ran (it does unless no candidate has a twin to score it on)
+        hook = tuning_job_hook(planned_job["hook_params"])
+        document = hook.screen_scores(hook.describe_training_job(waited["job_name"]))
+        results = document["candidates"]
+        log.info("scores of %s (%s): %d candidate(s), %s images each", waited["job_name"], waited["job_status"],
+                 len(results), document.get("images"))
+    unscored = dict(planned_job.get("unscored") or {})
     scores = {model_id: result["scores"][settings.score] for model_id, result in results.items() if not result["error"]}
-    ranked, below = select_top(scores, settings.keep_top)
+    ranked, below = select_top(scores, settings.keep_top) if scores else ([], [])
     failed = [model_id for model_id, result in results.items() if result["error"]]
     rank = {model_id: position for position, model_id in enumerate(ranked + below, start=1)}
 
     def screen_fields(model_id: str) -> dict[str, Any]:
-        result = results[model_id]
+        result = results.get(model_id) or {"scores": None, "seconds": None, "note": unscored.get(model_id)}
         return {"screen_score_name": settings.score, "screen_score": scores.get(model_id), "screen_rank": rank.get(model_id),
-                "screen_candidates": len(results), "screen_keep_top": settings.keep_top,
+                "screen_candidates": len(results) + len(unscored), "screen_keep_top": settings.keep_top,
                 **{f"screen_{name}": value for name, value in (result["scores"] or {}).items()},
-                "screen_seconds": result["seconds"], "screen_weights": result.get("weights")}
+                "screen_seconds": result["seconds"], "screen_weights": result.get("weights"),
+                "screen_note": unscored.get(model_id)}
 
-    by_id = {launch["model_id"]: launch for launch in candidates}
-    kept = [launch for launch in launches if launch["attaching"]] + [by_id[model_id] for model_id in ranked]
-    kept = [{**launch, "map_index": index, "screen": screen_fields(launch["model_id"]) if launch["model_id"] in results else {}}
+    by_id = {launch["model_id"]: launch for launch in launches if not launch["attaching"]}
+    passed_unscored = list(unscored) if settings.unscored == "fine_tune" else []
+    left_out_unscored = [model_id for model_id in unscored if model_id not in passed_unscored]
+    kept = ([launch for launch in launches if launch["attaching"]]
+            + [by_id[model_id] for model_id in ranked + passed_unscored])
+    kept = [{**launch, "map_index": index,
+             "screen": screen_fields(launch["model_id"]) if launch["model_id"] in by_id else {}}
             for index, launch in enumerate(kept)]
-    screened_out = [screened_out_row(study, by_id[model_id], screen_fields(model_id), run_id,
-                                     results[model_id]["error"] or f"ranked {rank[model_id]} of {len(scores)} by "
-                                     f"{settings.score} score; the screen kept the top {settings.keep_top}")
-                    for model_id in below + failed]
+    reasons = {model_id: f"ranked {rank[model_id]} of {len(scores)} by {settings.score} score; the screen kept the "
+                         f"top {settings.keep_top}" for model_id in below}
+    reasons.update({model_id: results[model_id]["error"] for model_id in failed})
+    reasons.update({model_id: f"{unscored[model_id]}; screen.unscored is leave_out" for model_id in left_out_unscored})
+    screened_out = [screened_out_row(study, by_id[model_id], screen_fields(model_id), run_id, reason)
+                    for model_id, reason in reasons.items()]
     store = ResultsStore(study["results_uri"], conn_id=study["aws_conn_id"])
     if screened_out:
         store.append(screened_out, run_id=run_id, batch="screened")
-    saved = training_jobs_saved(len(candidates), len(ranked), len(study["learning_rate_multipliers"]))
-    seconds = sum(result["seconds"] for result in results.values())
+    saved = training_jobs_saved(len(results) + len(left_out_unscored), len(ranked), len(study["learning_rate_multipliers"]))
+    seconds = sum(result["seconds"] or 0 for result in results.values())
     store.write_record("screen", study["dataset"]["name"], study["config_hash"], run_id, {
-        "score": settings.score, "keep_top": settings.keep_top, "kept": ranked, "screened_out": below + failed,
-        "candidates": {model_id: {**result, "trainer_model_id": by_id[model_id]["spec"]["static_hyperparameters"]["model_id"]}
-                       for model_id, result in results.items()},
-        "seconds": seconds, "images": sum(result.get("images") or 0 for result in results.values()),
-        "training_jobs_saved": saved,
+        "score": settings.score, "keep_top": settings.keep_top, "kept": ranked, "screened_out": list(reasons),
+        "unscored": unscored, "unscored_policy": settings.unscored, "sample_per_class": settings.sample_per_class,
+        "job_name": planned_job.get("job_name"),
+        "candidates": results,
+        "seconds": seconds, "images": document.get("images"), "training_jobs_saved": saved,
     })
     log.info("screen by %s score: fine-tuning %s; screened out %s (%d training jobs saved); %.1f s",
-             settings.score, ", ".join(ranked) or "none", ", ".join(below + failed) or "none", saved, seconds)
+             settings.score, ", ".join(ranked + passed_unscored) or "none", ", ".join(reasons) or "none", saved, seconds)
     return kept
 
 

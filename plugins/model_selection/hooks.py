@@ -1,13 +1,14 @@
 """One hook per backend over a client with boto3's SageMaker method names.
 
 The operator, the sensor, the trigger and collection all stand on `TuningJobHook`: it is
-the only place outside `backends/` that reads service error codes. What callers must
-tell apart comes out as one of three exceptions:
+the only place outside `backends/` that reads service error codes. It serves the models'
+tuning jobs and the screen's training job (create-or-attach, describe, stop, its staged source
+and its scores). What callers must tell apart comes out as one of three exceptions:
 
 - `Throttled`: the service asked us to slow down (after botocore's own retries);
 - `QuotaExceeded`: `ResourceLimitExceeded`; `never_fits` when the account's limit is below
   what one job asks for, so waiting cannot help;
-- `NameTaken`: a job of that name exists but is not this model's in this configuration.
+- `NameTaken`: a job of that name exists but was not launched with this request's settings.
 
 `tuning_job_hook(hook_params)` gives the hook for `{"backend": "local", "jobs_root": ...}`
 or `{"backend": "sagemaker", "aws_conn_id": ..., "region_name": ...}`; those settings are
@@ -20,8 +21,12 @@ before it goes anywhere (`backends.api.validate_request`); a refused one raises
 
 from __future__ import annotations
 
+import io
+import json
 import re
-from collections.abc import Mapping
+import tarfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from model_selection.backends.api import (
@@ -29,12 +34,14 @@ from model_selection.backends.api import (
     RESOURCE_LIMIT_EXCEEDED,
     RESOURCE_NOT_FOUND,
     THROTTLING_CODES,
+    VALIDATION,
     RequestRefused,
     error_code,
     operation_for_method,
     validate_request,
 )
 from model_selection.study import BACKENDS
+
 ACTIVE_STATUSES = ("InProgress", "Stopping")
 # SageMaker's ResourceLimitExceeded message: "The account-level service limit 'ml.p3.2xlarge for
 # training job usage' is 0 Instances, with current utilization of 0 Instances and a request delta
@@ -60,7 +67,7 @@ class QuotaExceeded(Exception):
 
 
 class NameTaken(Exception):
-    """A tuning job of this name exists and was not launched with this request's settings."""
+    """A job of this name exists and was not launched with this request's settings."""
 
 
 def _raise_for(error: Exception) -> None:
@@ -72,32 +79,33 @@ def _raise_for(error: Exception) -> None:
         raise QuotaExceeded(str(error)) from error
 
 
+# DescribeTrainingJob and StopTrainingJob answer an unknown name with ValidationException "Requested
+# resource not found." (not the ResourceNotFound their service model lists; aws/aws-sdk#165).
+TRAINING_JOB_NOT_FOUND = "Requested resource not found"
+
+
+def _not_found(error: Exception) -> bool:
+    """The service's answer for a job name it does not know (ResourceNotFound, or a training job's not-found)."""
+    code = error_code(error)
+    return code == RESOURCE_NOT_FOUND or (code == VALIDATION and not isinstance(error, RequestRefused)
+                                          and TRAINING_JOB_NOT_FOUND in str(error))
+
+
 class TuningJobHook:
-    """Create-or-attach, in-flight count, throttle-aware describe, stop and logs for one backend."""
+    """Create-or-attach, in-flight count, throttle-aware describe, stop and logs for one backend, for the
+    models' tuning jobs and the screen's training job; the screen's staged source and scores."""
 
     conn: Any  # the SageMaker-shaped client, set by each backend's hook
 
+    # -- tuning jobs ------------------------------------------------------------------------------
     def existing_status(self, request: Mapping[str, Any]) -> str | None:
-        """The status of the job this request names, if it exists and was made from this request."""
-        description = self.describe(request["HyperParameterTuningJobName"])
-        if description is None:
-            return None
-        check_same_job(description, request)
-        return description["HyperParameterTuningJobStatus"]
+        """The status of the tuning job this request names, if it exists and was made from this request."""
+        return _checked_status(self.describe(request["HyperParameterTuningJobName"]), request,
+                               "HyperParameterTuningJobStatus")
 
     def create_or_attach(self, request: Mapping[str, Any]) -> tuple[bool, str]:
-        """(attached, status): creates the job, or attaches when the name is taken by this request's job."""
-        try:
-            self.conn.create_hyper_parameter_tuning_job(**request)
-            return False, "InProgress"
-        except Exception as error:
-            if error_code(error) != RESOURCE_IN_USE:
-                _raise_for(error)
-                raise
-            status = self.existing_status(request)  # created already, by an earlier try of this launch
-            if status is None:
-                raise
-            return True, status
+        """(attached, status): creates the tuning job, or attaches when the name is taken by this request's job."""
+        return self._create_or_attach(self.conn.create_hyper_parameter_tuning_job, request, self.existing_status)
 
     def count_in_flight(self, prefix: str) -> int:
         """Tuning jobs of the study (names `PREFIX-...`) in progress, over every page of the listing."""
@@ -112,34 +120,94 @@ class TuningJobHook:
 
     def describe(self, name: str) -> dict[str, Any] | None:
         """The tuning job's description; None when no job has that name."""
-        try:
-            return self._call(self.conn.describe_hyper_parameter_tuning_job, HyperParameterTuningJobName=name)
-        except Exception as error:
-            if error_code(error) == RESOURCE_NOT_FOUND:
-                return None
-            raise
-
-    def describe_training_job(self, name: str) -> dict[str, Any]:
-        return self._call(self.conn.describe_training_job, TrainingJobName=name)
+        return self._describe(self.conn.describe_hyper_parameter_tuning_job, HyperParameterTuningJobName=name)
 
     def stop(self, name: str) -> bool:
-        """Ask the job to stop; False when it has ended already (or never existed)."""
-        try:
-            self._call(self.conn.stop_hyper_parameter_tuning_job, HyperParameterTuningJobName=name)
-            return True
-        except (Throttled, RequestRefused):  # a malformed request is our error, not a job that has ended
-            raise
-        except Exception as error:
-            if error_code(error) in ("ValidationException", RESOURCE_NOT_FOUND):
-                return False
-            raise
+        """Ask the tuning job to stop; False when it has ended already (or never existed)."""
+        return self._stop(self.conn.stop_hyper_parameter_tuning_job, HyperParameterTuningJobName=name)
 
+    # -- training jobs (the screen's; a tuning job's trials are read with describe_training_job too) ----------
+    def existing_training_job_status(self, request: Mapping[str, Any]) -> str | None:
+        """The status of the training job this request names, if it exists and was made from this request."""
+        return _checked_status(self.describe_training_job(request["TrainingJobName"]), request, "TrainingJobStatus")
+
+    def create_or_attach_training_job(self, request: Mapping[str, Any]) -> tuple[bool, str]:
+        """(attached, status): creates the training job, or attaches when the name is taken by this request's job."""
+        return self._create_or_attach(self.conn.create_training_job, request, self.existing_training_job_status)
+
+    def describe_training_job(self, name: str) -> dict[str, Any] | None:
+        """The training job's description; None when no job has that name."""
+        return self._describe(self.conn.describe_training_job, TrainingJobName=name)
+
+    def stop_training_job(self, name: str) -> bool:
+        """Ask the training job to stop; False when it has ended already (or never existed)."""
+        return self._stop(self.conn.stop_training_job, TrainingJobName=name)
+
+    def stage(self, job_name: str, filename: str, data: bytes, output_path: str) -> str:
+        """Put `data` where the job `job_name` will read it; returns its URI (the `sagemaker_submit_directory`)."""
+        raise NotImplementedError
+
+    def read_artifact(self, uri: str) -> bytes:
+        """The bytes of a job's output object (its model.tar.gz)."""
+        raise NotImplementedError
+
+    def screen_scores(self, description: Mapping[str, Any]) -> dict[str, Any]:
+        """The screen job's scores: `screen.json` from its model.tar.gz (`ModelArtifacts.S3ModelArtifacts`)."""
+        from model_selection.screen_source import SCORES_FILE
+
+        uri = (description.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
+        if not uri:
+            raise ValueError(f"training job {description.get('TrainingJobName')} "
+                             f"({description.get('TrainingJobStatus')}) has no model artifacts to read scores from")
+        with tarfile.open(fileobj=io.BytesIO(self.read_artifact(uri)), mode="r:gz") as archive:
+            member = next((item for item in archive.getmembers()
+                           if item.isfile() and item.name.removeprefix("./") == SCORES_FILE), None)
+            if member is None:
+                raise ValueError(f"{uri} holds no {SCORES_FILE}: the screen program wrote no scores")
+            return json.load(archive.extractfile(member))
+
+    # -- logs and links -------------------------------------------------------------------------
     def training_log(self, training_job_name: str) -> str:
         raise NotImplementedError
 
     def console_location(self) -> tuple[str, str] | None:
         """(region, partition) of the AWS console that shows these jobs; None when there is none."""
         return None
+
+    # -- how each call is made ------------------------------------------------------------------
+    @staticmethod
+    def _create_or_attach(create: Callable[..., Any], request: Mapping[str, Any],
+                          existing_status: Callable[[Mapping[str, Any]], str | None]) -> tuple[bool, str]:
+        try:
+            create(**request)
+            return False, "InProgress"
+        except Exception as error:
+            if error_code(error) != RESOURCE_IN_USE:
+                _raise_for(error)
+                raise
+            status = existing_status(request)  # created already, by an earlier try of this launch
+            if status is None:
+                raise
+            return True, status
+
+    def _describe(self, method: Any, **request: Any) -> dict[str, Any] | None:
+        try:
+            return self._call(method, **request)
+        except Exception as error:
+            if _not_found(error):
+                return None
+            raise
+
+    def _stop(self, method: Any, **request: Any) -> bool:
+        try:
+            self._call(method, **request)
+            return True
+        except (Throttled, RequestRefused):  # a malformed request is our error, not a job that has ended
+            raise
+        except Exception as error:
+            if error_code(error) in (VALIDATION, RESOURCE_NOT_FOUND):
+                return False
+            raise
 
     def _every_page(self, method: Any, key: str, **request: Any) -> list[dict[str, Any]]:
         """The `key` items of a listing, over every page (100 a page, the most the API gives)."""
@@ -160,16 +228,25 @@ class TuningJobHook:
             raise
 
 
-def job_identity(definition: Mapping[str, Any]) -> dict[str, Any]:
-    """What makes a tuning job this model's in this configuration, from a request or a description.
+def _checked_status(description: Mapping[str, Any] | None, request: Mapping[str, Any], status_key: str) -> str | None:
+    """The described job's status when it exists, after `check_same_job`; None when it does not."""
+    if description is None:
+        return None
+    check_same_job(description, request)
+    return description[status_key]
 
-    Static hyperparameters alone are not enough: JumpStart models of one framework share them,
-    and the model is named by its image and its `model` channel.
+
+def job_identity(definition: Mapping[str, Any]) -> dict[str, Any]:
+    """What makes a job this request's, from a request or a description of a tuning or a training job.
+
+    Hyperparameters alone are not enough: JumpStart models of one framework share them, and the
+    model is named by its image and its `model` channel. A training job's own request is its
+    training-job definition (with `HyperParameters` where a tuning job has `StaticHyperParameters`).
     """
-    training = definition.get("TrainingJobDefinition") or {}
+    training = definition.get("TrainingJobDefinition") or definition
     ranges = ((definition.get("HyperParameterTuningJobConfig") or {}).get("ParameterRanges") or {})
     return {
-        "static hyperparameters": training.get("StaticHyperParameters") or {},
+        "hyperparameters": training.get("StaticHyperParameters") or training.get("HyperParameters") or {},
         "training image": (training.get("AlgorithmSpecification") or {}).get("TrainingImage"),
         "input channels": {channel["ChannelName"]: channel["DataSource"]["S3DataSource"]["S3Uri"]
                            for channel in training.get("InputDataConfig") or []},
@@ -179,20 +256,21 @@ def job_identity(definition: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_same_job(description: Mapping[str, Any], request: Mapping[str, Any]) -> None:
-    """A job name is derived from data set, configuration and model: a different job under it is a collision.
+    """A job name is derived from data set, configuration and model (or screen): another job under it is a collision.
 
     What the request sets must be found as it was sent; entries the service adds to a description
-    (such as `_tuning_objective_metric` among the static hyperparameters) do not count.
+    (such as `_tuning_objective_metric` among a tuning job's static hyperparameters) do not count.
     """
     expected, found = job_identity(request), job_identity(description)
     differing = [part for part, value in expected.items()
                  if (value != found[part] if not isinstance(value, dict)
                      else any(found[part].get(key) != item for key, item in value.items()))]
     if differing:
-        raise NameTaken(
-            f"a tuning job named {request['HyperParameterTuningJobName']} exists but was not launched with this "
-            f"model and configuration ({', '.join(differing)} differ); refusing to attach to it"
-        )
+        kind, name, settings = (
+            ("tuning job", request["HyperParameterTuningJobName"], "model and configuration")
+            if "HyperParameterTuningJobName" in request else ("training job", request["TrainingJobName"], "request"))
+        raise NameTaken(f"a {kind} named {name} exists but was not launched with this {settings} "
+                        f"({', '.join(differing)} differ); refusing to attach to it")
 
 
 class ServiceModelChecked:
@@ -229,6 +307,20 @@ class LocalTuningJobHook(TuningJobHook):
 
     def training_log(self, training_job_name: str) -> str:
         return self.conn.training_job_log(training_job_name)
+
+    def stage(self, job_name: str, filename: str, data: bytes, output_path: str) -> str:
+        """A file under `<jobs root>/staging/<job_name>/`, written whole or not at all (`output_path`: SageMaker's)."""
+        folder = Path(self.conn.client.store.root).resolve() / "staging" / job_name
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f".{filename}.partial"
+        partial.write_bytes(data)
+        partial.replace(folder / filename)
+        return (folder / filename).as_uri()
+
+    def read_artifact(self, uri: str) -> bytes:
+        from model_selection.local.supervisor import local_path
+
+        return Path(local_path(uri)).read_bytes()
 
 
 def tuning_job_hook(hook_params: Mapping[str, Any]) -> TuningJobHook:

@@ -1,4 +1,5 @@
-"""The operator that launches one model's tuning job, exactly once, within the study's quota."""
+"""The operators that launch a job exactly once: one model's tuning job within the study's quota, and the
+screen's one training job."""
 
 from __future__ import annotations
 
@@ -72,16 +73,7 @@ class TuningJobLaunchOperator(BaseOperator):
                   "launch_try_number": getattr(context.get("ti"), "try_number", None)}
         request = self._request(context)
         try:
-            status = self.hook.existing_status(request)
-            if status is None:
-                in_flight = self.hook.count_in_flight(self.launch["study_prefix"])
-                limit = self.launch["max_concurrent_tuning_jobs"]
-                if in_flight >= limit:
-                    self._wait(context, f"{in_flight} of this study's tuning jobs are in flight (limit {limit})",
-                               "capacity", waits, waiting_since)
-                attached, status = self.hook.create_or_attach(request)
-            else:
-                attached = True
+            attached, status = self._create_or_attach(context, request, waits, waiting_since)
         except (NameTaken, RequestRefused) as error:  # retrying cannot free the name or mend the request
             raise AirflowFailException(str(error)) from error
         except QuotaExceeded as error:
@@ -90,7 +82,8 @@ class TuningJobLaunchOperator(BaseOperator):
             self._wait(context, f"the service answered ResourceLimitExceeded: {error}", "quota", waits, waiting_since)
         except Throttled as error:
             self._wait(context, f"the service throttled the launch: {error}", "throttled", waits, waiting_since)
-        persist_console_links(context, self, self.hook, self.job_name)
+        if self.operator_extra_links:  # the tuning job's console page; the screen's training job has none here
+            persist_console_links(context, self, self.hook, self.job_name)
         if attached:
             context["launch_status"] = f"attached to the existing job ({status})"
             self.log.info("%s already exists (%s): attaching instead of launching again", self.job_name, status)
@@ -99,6 +92,19 @@ class TuningJobLaunchOperator(BaseOperator):
         context["launch_status"] = f"launched{waited}"
         self.log.info("launched %s for %s%s", self.job_name, self.launch["model_id"], waited)
         return result
+
+    def _create_or_attach(self, context: Any, request: dict[str, Any], waits: int,
+                          waiting_since: float | None) -> tuple[bool, str]:
+        """(attached, status); defers while the study has its most tuning jobs in flight."""
+        status = self.hook.existing_status(request)
+        if status is not None:
+            return True, status
+        in_flight = self.hook.count_in_flight(self.launch["study_prefix"])
+        limit = self.launch["max_concurrent_tuning_jobs"]
+        if in_flight >= limit:
+            self._wait(context, f"{in_flight} of this study's tuning jobs are in flight (limit {limit})",
+                       "capacity", waits, waiting_since)
+        return self.hook.create_or_attach(request)
 
     def _request(self, context: Any) -> dict[str, Any]:
         from model_selection.tuning_request import request_for_launch
@@ -134,3 +140,31 @@ class TuningJobLaunchOperator(BaseOperator):
             method_name="execute",
             kwargs={"waits": waits + 1, "waiting_since": waiting_since, "kind": kind},
         )
+
+
+class ScreenJobLaunchOperator(TuningJobLaunchOperator):
+    """Creates the screen's one training job, or attaches to the one an earlier try created; skips when the
+    plan made no screen job (`launch` has no request).
+
+    `launch` is the plan's `screen_job` XCom: `{"job_name", "model_id", "hook_params", "request",
+    "max_capacity_wait_seconds", ...}`, the request built (and its source archive staged) by the plan. The
+    name is derived from the study and the candidates, so a retry finds its job. Throttling and
+    ResourceLimitExceeded are waited out as for a tuning job; there is no in-flight cap, it is one job.
+    """
+
+    operator_extra_links = ()
+
+    def execute(self, context: Any, event: Any = None, waits: int = 0, waiting_since: float | None = None,
+                kind: str | None = None) -> dict[str, Any]:
+        if not (self.launch or {}).get("request"):
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException("no screen job: the plan asked for no screen, or no candidate can be scored")
+        return super().execute(context, event, waits, waiting_since, kind)
+
+    def _create_or_attach(self, context: Any, request: dict[str, Any], waits: int,
+                          waiting_since: float | None) -> tuple[bool, str]:
+        return self.hook.create_or_attach_training_job(request)
+
+    def _request(self, context: Any) -> dict[str, Any]:
+        return self.launch["request"]

@@ -145,6 +145,12 @@ def plan_study(params: dict[str, Any], project_root: Path, jobs_root: str) -> di
             from model_selection.backends.preflight import preflight_problems
 
             problems += preflight_problems(study, specs)
+        if study.screen and specs:
+            from model_selection.screen_request import screen_problems_for_study
+            from model_selection.screening import screen_settings
+
+            problems += screen_problems_for_study(study, screen_settings(study.screen).instance_type,
+                                                  training_region(study))
     store = ResultsStore(study.results_uri, conn_id=study.aws_conn_id)
     try:
         store.check_writable()
@@ -179,7 +185,65 @@ def plan_study(params: dict[str, Any], project_root: Path, jobs_root: str) -> di
     if len(set(names)) != len(names):
         raise StudyError(f"two models were given the same tuning-job name: {sorted(names)}")
     return {"study": {**study.settings(), "test_examples": test_examples(study)}, "launches": launches,
-            "skipped": skipped, "left_out": left_out}
+            "skipped": skipped, "left_out": left_out,
+            "screen_job": plan_screen_job(study, launches, specs, project_root, jobs_root)}
+
+
+def training_region(study: Study) -> str | None:
+    """The region SageMaker jobs run in: the study's, else its AWS connection's."""
+    from model_selection.backends.jumpstart import aws_connection
+
+    return study.region_name or aws_connection(study.aws_conn_id).region_name
+
+
+def plan_screen_job(study: Study, launches: list[dict[str, Any]], specs: dict[str, dict[str, Any]],
+                    project_root: Path, jobs_root: str) -> dict[str, Any]:
+    """The screen's one training job, as the plan's XCom `screen_job` carries it to `screen_launch`; {} for none.
+
+    The plan names it (from the study, the candidates and the sample) and stages its source archive
+    (the screen code and the candidates): a retried plan or a re-run finds the same job and attaches,
+    and a screen of these inputs that ended without scores moves on to a new attempt's name. A job that
+    exists keeps the source it was launched with; nothing is staged over it.
+    """
+    from model_selection.screen_plan import scorable_candidates, screen_log_line
+    from model_selection.screening import screen_settings
+
+    screen = screen_settings(study.screen)
+    if screen is None:
+        return {}
+    candidates, unscored = scorable_candidates(study.backend, launches, project_root)
+    log.info(screen_log_line(screen, len(candidates), unscored, len(study.learning_rate_multipliers), study.backend))
+    if not candidates:
+        return {"unscored": unscored} if unscored else {}
+    from model_selection.dag_tasks import hook_params
+    from model_selection.hooks import tuning_job_hook
+    from model_selection.screen_request import build_screen_request, screen_job_name
+    from model_selection.screen_source import SOURCE_ARCHIVE, source_archive
+
+    settings = hook_params(study.settings())
+    hook = tuning_job_hook(settings)
+    attempt = 0
+    while True:
+        name = screen_job_name(study.dataset.name, study.config_hash, candidates, screen.sample_per_class, screen.seed,
+                               screen.score, attempt)
+        existing = hook.describe_training_job(name)
+        if existing is None or existing["TrainingJobStatus"] not in ("Failed", "Stopped"):
+            break
+        attempt += 1
+    if study.backend == "local":
+        output_path, role_arn, region = (Path(jobs_root) / "screen-jobs").as_uri(), None, None
+    else:
+        any_spec = next(iter(specs.values()))
+        output_path, role_arn, region = any_spec["output_path"], any_spec["role_arn"], training_region(study)
+    source_uri = (existing["HyperParameters"]["sagemaker_submit_directory"] if existing
+                  else hook.stage(name, SOURCE_ARCHIVE, source_archive(candidates), output_path))
+    request = build_screen_request(study, name, source_uri=source_uri, output_path=output_path,
+                                   instance_type=screen.instance_type, sample_per_class=screen.sample_per_class,
+                                   seed=screen.seed, score=screen.score, role_arn=role_arn, region=region)
+    return {"job_name": name, "model_id": f"screen of {len(candidates)} candidate(s)", "hook_params": settings,
+            "request": request, "candidates": [candidate["model_id"] for candidate in candidates],
+            "unscored": unscored, "attempt": attempt + 1,
+            "max_capacity_wait_seconds": study.max_capacity_wait_hours * 3600}
 
 
 def runnable_part_of_list(study: Study, translation: Translation) -> tuple[Study, dict[str, str], list[str]]:

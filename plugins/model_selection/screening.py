@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import functools
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,6 @@ import numpy as np
 FEATURE_SCORES = ("knn", "linear", "logme")
 SCORE_CHOICES = (*FEATURE_SCORES, "combined")
 DEFAULT_SCORE = "combined"
-SCREEN_KEYS = ("keep_top", "score")
 
 KNN_MAX_NEIGHBOURS = 20
 KNN_TEMPERATURE = 0.07
@@ -427,19 +427,25 @@ def imagenet_top1(model_id: str, table: Path = PRIOR_TABLE) -> float | None:
 
 # --- the `screen` param ---------------------------------------------------------------------------
 
+SCREEN_KEYS = ("keep_top", "score", "sample_per_class", "seed", "instance_type", "unscored")
+# At most this many images per class of training and of validation are scored (benchmarks/bench_screen.py).
+DEFAULT_SAMPLE_PER_CLASS = 20
+DEFAULT_SCREEN_INSTANCE_TYPE = "ml.g4dn.xlarge"
+UNSCORED_CHOICES = ("fine_tune", "leave_out")  # candidates the screen cannot score (no exact timm twin)
+
 
 @dataclasses.dataclass(frozen=True)
 class ScreenSettings:
     keep_top: int
     score: str = DEFAULT_SCORE
+    sample_per_class: int | None = DEFAULT_SAMPLE_PER_CLASS  # None: every image
+    seed: int = 0
+    instance_type: str = DEFAULT_SCREEN_INSTANCE_TYPE  # SageMaker: the screen's one training job
+    unscored: str = "fine_tune"
 
 
-SAGEMAKER_REFUSAL = (
-    "screen runs on the local backend only: on SageMaker it would be one training job per candidate, "
-    "each paying minutes of instance start-up and image download for seconds of forward pass, and "
-    "JumpStart's training script has no features-only mode; drop screen, or screen the candidates "
-    "on the local backend and fine-tune the kept ones on SageMaker"
-)
+def _positive_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def screen_problems(screen: Any, n_candidates: int, backend: str) -> list[str]:
@@ -455,7 +461,7 @@ def screen_problems(screen: Any, n_candidates: int, backend: str) -> list[str]:
     keep_top = screen.get("keep_top")
     if keep_top is None:
         problems.append("screen.keep_top is required: how many of the best-scoring models to fine-tune")
-    elif isinstance(keep_top, bool) or not isinstance(keep_top, int) or keep_top < 1:
+    elif not _positive_integer(keep_top):
         problems.append(f"screen.keep_top must be an integer of at least 1, got {keep_top!r}")
     elif keep_top >= n_candidates:
         problems.append(
@@ -465,10 +471,20 @@ def screen_problems(screen: Any, n_candidates: int, backend: str) -> list[str]:
     score = screen.get("score", DEFAULT_SCORE)
     if score not in SCORE_CHOICES:
         problems.append(f"screen.score must be one of {', '.join(SCORE_CHOICES)}, got {score!r}")
-    if backend == "sagemaker":
-        problems.append(SAGEMAKER_REFUSAL)
-    elif backend != "local":
-        problems.append(f"screen runs on the local backend only, not {backend!r}")
+    sample = screen.get("sample_per_class", DEFAULT_SAMPLE_PER_CLASS)
+    if sample is not None and not _positive_integer(sample):
+        problems.append(f"screen.sample_per_class must be an integer of at least 1 (or null: every image), got {sample!r}")
+    seed = screen.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        problems.append(f"screen.seed must be an integer of at least 0, got {seed!r}")
+    instance_type = screen.get("instance_type", DEFAULT_SCREEN_INSTANCE_TYPE)
+    if not isinstance(instance_type, str) or not re.fullmatch(r"ml\.[a-z0-9]+\.[a-z0-9]+", instance_type):
+        problems.append(f"screen.instance_type {instance_type!r} is not a SageMaker instance type such as ml.g4dn.xlarge")
+    unscored = screen.get("unscored", "fine_tune")
+    if unscored not in UNSCORED_CHOICES:
+        problems.append(f"screen.unscored must be one of {', '.join(UNSCORED_CHOICES)}, got {unscored!r}")
+    if backend not in ("local", "sagemaker"):
+        problems.append(f"screen runs on the local or the sagemaker backend, not {backend!r}")
     return problems
 
 
@@ -476,4 +492,9 @@ def screen_settings(screen: Any) -> ScreenSettings | None:
     """The checked param as settings (call `screen_problems` first); None when the screen is off."""
     if not screen:
         return None
-    return ScreenSettings(keep_top=int(screen["keep_top"]), score=screen.get("score", DEFAULT_SCORE))
+    return ScreenSettings(
+        keep_top=int(screen["keep_top"]), score=screen.get("score", DEFAULT_SCORE),
+        sample_per_class=screen.get("sample_per_class", DEFAULT_SAMPLE_PER_CLASS), seed=int(screen.get("seed", 0)),
+        instance_type=screen.get("instance_type", DEFAULT_SCREEN_INSTANCE_TYPE),
+        unscored=screen.get("unscored", "fine_tune"),
+    )

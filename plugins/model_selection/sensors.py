@@ -1,4 +1,4 @@
-"""The sensor that waits for one model's tuning job, deferrable by default."""
+"""The sensors that wait for a job, deferrable by default: one model's tuning job, the screen's training job."""
 
 from __future__ import annotations
 
@@ -14,10 +14,14 @@ from airflow.sdk.exceptions import (
     AirflowSensorTimeout,
 )
 
-from model_selection.job_status import FAILED, RUNNING, STOPPED, SUCCESS, progress, tuning_job_outcome
+from model_selection.job_kinds import TRAINING, TUNING, JobKind
+from model_selection.job_status import FAILED, RUNNING, STOPPED, SUCCESS
 from model_selection.links import LINKS, persist_console_links
 
 DEFAULT_TIMEOUT = dt.timedelta(days=7)
+# How often a wait checks its job when the DAG does not say: a local job is a state file on this machine,
+# cheap to read, and a 2-epoch job ends in seconds; SageMaker's Describe calls share the account's API rate.
+DEFAULT_POLL_SECONDS = {"local": 5.0, "sagemaker": 30.0}
 
 
 class TuningJobSensor(BaseSensorOperator):
@@ -30,14 +34,18 @@ class TuningJobSensor(BaseSensorOperator):
     (or reschedules). Unless `stop_on_kill=False`, the job is stopped whenever the wait ends
     without it: the timeout passing (in either mode), the task killed while poking, or a
     user killing the deferred task (the trigger's `on_kill`).
+    Without a `poke_interval` it polls at its backend's `DEFAULT_POLL_SECONDS`.
     """
 
     template_fields = ("job",)  # resolves the launch's XCom inside a mapped task group
     operator_extra_links = LINKS
+    kind: JobKind = TUNING
 
     def __init__(self, *, job: dict[str, Any], deferrable: bool = True, stop_on_kill: bool = True,
-                 poke_interval: float = 30, timeout: dt.timedelta | float = DEFAULT_TIMEOUT, **kwargs: Any):
-        super().__init__(poke_interval=poke_interval, timeout=timeout, **kwargs)
+                 poke_interval: float | None = None, timeout: dt.timedelta | float = DEFAULT_TIMEOUT, **kwargs: Any):
+        super().__init__(poke_interval=DEFAULT_POLL_SECONDS["sagemaker"] if poke_interval is None else poke_interval,
+                         timeout=timeout, **kwargs)
+        self.poll_seconds_given = poke_interval is not None  # else the backend's default, once `job` is resolved
         self.job = job
         self.deferrable = deferrable
         self.stop_on_kill = stop_on_kill
@@ -58,6 +66,8 @@ class TuningJobSensor(BaseSensorOperator):
         return self.timeout.total_seconds() if isinstance(self.timeout, dt.timedelta) else float(self.timeout)
 
     def execute(self, context: Any) -> Any:
+        if not self.poll_seconds_given:
+            self.poke_interval = DEFAULT_POLL_SECONDS.get(self.job["hook_params"].get("backend"), self.poke_interval)
         if not self.deferrable:
             try:
                 super().execute(context)
@@ -70,7 +80,8 @@ class TuningJobSensor(BaseSensorOperator):
         self.log.info("waiting for %s (model %s) in the triggerer", self.job_name, self.job["model_id"])
         self.defer(
             trigger=TuningJobTrigger(self.job_name, self.job["hook_params"], float(self.poke_interval),
-                                     time.time() + self.timeout_seconds, stop_on_kill=self.stop_on_kill),
+                                     time.time() + self.timeout_seconds, stop_on_kill=self.stop_on_kill,
+                                     kind=self.kind.name),
             method_name="execute_complete",
             # Airflow's own bound, a little after the trigger's deadline, for a trigger that never answers.
             timeout=dt.timedelta(seconds=self.timeout_seconds + 4 * float(self.poke_interval)),
@@ -80,18 +91,18 @@ class TuningJobSensor(BaseSensorOperator):
         from model_selection.hooks import Throttled
 
         try:
-            description = self.hook.describe(self.job_name)
+            description = self.kind.describe(self.hook, self.job_name)
         except Throttled:
             self.throttled_describes += 1
             self.log.warning("describe of %s throttled (%d so far); trying again at the next poke", self.job_name,
                              self.throttled_describes)
             return False
         if description is None:
-            raise AirflowFailException(f"no tuning job named {self.job_name}")
-        outcome, reason = tuning_job_outcome(description)
-        self.log.info(progress(description))
-        context["job_status"] = description["HyperParameterTuningJobStatus"]
-        if outcome != RUNNING:
+            raise AirflowFailException(f"no {self.kind.noun} named {self.job_name}")
+        outcome, reason = self.kind.outcome(description)
+        self.log.info(self.kind.progress(description))
+        context["job_status"] = description[self.kind.status_key]
+        if outcome != RUNNING and self.kind.console_links:
             persist_console_links(context, self, self.hook, self.job_name,
                                   (description.get("BestTrainingJob") or {}).get("TrainingJobName"))
         if outcome in (FAILED, STOPPED):
@@ -111,7 +122,8 @@ class TuningJobSensor(BaseSensorOperator):
         if event.get("throttled"):
             self.log.warning("%s: %d describe calls were throttled while waiting", self.job_name, event["throttled"])
         context["job_status"] = event.get("job_status") or event["outcome"]
-        persist_console_links(context, self, self.hook, self.job_name, event.get("best_training_job"))
+        if self.kind.console_links:
+            persist_console_links(context, self, self.hook, self.job_name, event.get("best_training_job"))
         if event["outcome"] == SUCCESS:
             return self._finished(context, event["job_status"], event.get("throttled", 0))
         if event["outcome"] == "timeout":
@@ -133,7 +145,18 @@ class TuningJobSensor(BaseSensorOperator):
         if not self.stop_on_kill:
             return
         try:
-            stopped = self.hook.stop(self.job_name)
+            stopped = self.kind.stop(self.hook, self.job_name)
             self.log.info("%s %s", self.job_name, "asked to stop" if stopped else "had ended already")
         except Exception as error:  # noqa: BLE001 - stopping is best effort; the wait's own error matters more
             self.log.warning("could not stop %s: %s", self.job_name, error)
+
+
+class ScreenJobSensor(TuningJobSensor):
+    """Waits for the screen's one training job, as `TuningJobSensor` waits for a model's tuning job.
+
+    `job` is what `ScreenJobLaunchOperator` returned. The lane's console links (tuning job, best training
+    job) do not apply, so it shows none.
+    """
+
+    operator_extra_links = ()
+    kind = TRAINING

@@ -1,4 +1,4 @@
-"""The trigger that waits for a tuning job in the triggerer, holding no worker slot."""
+"""The trigger that waits for a job (a tuning job, or the screen's training job) in the triggerer, holding no worker slot."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from model_selection.job_status import RUNNING, progress, tuning_job_outcome
+from model_selection.job_kinds import KINDS, TUNING
+from model_selection.job_status import RUNNING
 
 MAX_BACKOFF_SECONDS = 600.0
 
 
 class TuningJobTrigger(BaseTrigger):
-    """Polls the tuning job through its backend's hook until it ends or the deadline passes.
+    """Polls the job (`kind`: tuning or training) through its backend's hook until it ends or the deadline passes.
 
     The deadline is an absolute time, so a triggerer restart does not extend it; a
     throttled describe backs off exponentially and never ends the wait. When a user kills
@@ -25,8 +26,9 @@ class TuningJobTrigger(BaseTrigger):
     """
 
     def __init__(self, job_name: str, hook_params: dict[str, Any], poll_interval: float, deadline: float,
-                 stop_on_kill: bool = True):
+                 stop_on_kill: bool = True, kind: str = TUNING.name):
         super().__init__()
+        self.kind = KINDS[kind]
         self.job_name = job_name
         self.hook_params = hook_params
         self.poll_interval = poll_interval
@@ -37,7 +39,7 @@ class TuningJobTrigger(BaseTrigger):
         return (
             "model_selection.triggers.TuningJobTrigger",
             {"job_name": self.job_name, "hook_params": self.hook_params, "poll_interval": self.poll_interval,
-             "deadline": self.deadline, "stop_on_kill": self.stop_on_kill},
+             "deadline": self.deadline, "stop_on_kill": self.stop_on_kill, "kind": self.kind.name},
         )
 
     def _hook(self) -> Any:
@@ -54,7 +56,7 @@ class TuningJobTrigger(BaseTrigger):
         last_progress = None
         while True:
             try:
-                description = await asyncio.to_thread(hook.describe, self.job_name)
+                description = await asyncio.to_thread(self.kind.describe, hook, self.job_name)
             except Throttled:
                 throttled += 1
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
@@ -65,17 +67,17 @@ class TuningJobTrigger(BaseTrigger):
                 yield self._event("error", f"{type(error).__name__}: {error}", throttled)
                 return
             if description is None:
-                yield self._event("error", f"no tuning job named {self.job_name}", throttled)
+                yield self._event("error", f"no {self.kind.noun} named {self.job_name}", throttled)
                 return
             delay = self.poll_interval
-            outcome, reason = tuning_job_outcome(description)
-            status = description["HyperParameterTuningJobStatus"]
+            outcome, reason = self.kind.outcome(description)
+            status = description[self.kind.status_key]
             if outcome != RUNNING:
                 best = (description.get("BestTrainingJob") or {}).get("TrainingJobName")
                 yield self._event(outcome, reason, throttled, status, best)
                 return
-            if progress(description) != last_progress:
-                last_progress = progress(description)
+            if self.kind.progress(description) != last_progress:
+                last_progress = self.kind.progress(description)
                 self.log.info(last_progress)
             if time.time() >= self.deadline:
                 yield self._event("timeout", f"{self.job_name} was still {status} when the sensor's timeout passed",
@@ -93,5 +95,5 @@ class TuningJobTrigger(BaseTrigger):
         if not self.stop_on_kill:
             return
         hook = await asyncio.to_thread(self._hook)
-        stopped = await asyncio.to_thread(hook.stop, self.job_name)
+        stopped = await asyncio.to_thread(self.kind.stop, hook, self.job_name)
         self.log.info("%s %s", self.job_name, "asked to stop" if stopped else "had ended already")

@@ -1,9 +1,11 @@
-"""A SageMaker-shaped client whose tuning jobs run on this machine.
+"""A SageMaker-shaped client whose tuning and training jobs run on this machine.
 
 Method names, request and response shapes and error codes are boto3's SageMaker
 client's for the calls this project makes, so operators, sensors and metrics code
 have one path for both backends. `create_hyper_parameter_tuning_job` returns at once;
 a detached supervisor process (`model_selection.local.supervisor`) runs the trials.
+`create_training_job` too: a detached runner (`model_selection.local.training_job`)
+runs the job's program as SageMaker's training toolkit does.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import datetime as dt
 import os
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,12 @@ from model_selection.local.supervisor import (
     SUPERVISOR_START_SECONDS,
     kill_process_group,
     local_path,
+    process_environment,
+)
+from model_selection.local.training_job import (
+    PROGRAM_HYPERPARAMETER,
+    SUBMIT_DIRECTORY_HYPERPARAMETER,
+    archive_members,
 )
 
 LOCAL_ACCOUNT_ARN = "arn:aws:sagemaker:local:000000000000"
@@ -37,6 +46,12 @@ LOCAL_CHANNELS = ("training", "validation", "test")
 ACTIVE = ("InProgress", "Stopping")
 TIME_FIELDS = ("CreationTime", "HyperParameterTuningEndTime", "LastModifiedTime", "TrainingStartTime",
                "TrainingEndTime", "Timestamp")
+# What DescribeTrainingJob gives back of a CreateTrainingJob request, as the request had it.
+DESCRIBED_REQUEST_FIELDS = (
+    "HyperParameters", "AlgorithmSpecification", "RoleArn", "InputDataConfig", "OutputDataConfig", "ResourceConfig",
+    "VpcConfig", "StoppingCondition", "EnableNetworkIsolation", "EnableInterContainerTrafficEncryption",
+    "EnableManagedSpotTraining", "CheckpointConfig", "Environment", "RetryStrategy",
+)
 
 
 def _arn(kind: str, name: str) -> str:
@@ -54,7 +69,8 @@ def _with_datetimes(value: Any) -> Any:
 
 
 def _supervised(state: dict[str, Any]) -> bool:
-    """True while the job's supervisor runs, or is still starting (no pid recorded yet, within the grace)."""
+    """True while the job's supervisor (a training job's runner) runs, or is still starting (no pid
+    recorded yet, within the grace). A tuning job's trial has none: its tuning job's supervisor runs it."""
     if state.get("SupervisorPid") is None:
         return time.time() < state.get("SupervisorStartBy", 0)
     return _process_alive(state["SupervisorPid"], state.get("SupervisorCreateTime"))
@@ -99,8 +115,66 @@ class LocalSageMakerClient:
         }
         if not self.store.create_tuning_job(name, request, state):
             raise client_error(RESOURCE_IN_USE, f"Hyperparameter tuning job {name} already exists", operation)
-        self._start_supervisor(name)
+        folder = self.store.tuning_dir(name)
+        problem = self._detach("model_selection.local.supervisor", folder)
+        if problem:
+            self._fail_if_unsupervised(folder, f"the supervisor did not start: {problem}")
         return {"HyperParameterTuningJobArn": arn}
+
+    def create_training_job(self, **request: Any) -> dict[str, Any]:
+        """A training job of its own (not a tuning job's trial): its program runs detached, as SageMaker's
+        training toolkit runs it (`model_selection.local.training_job`)."""
+        operation = "CreateTrainingJob"
+        validate_request(operation, request, local_uris=True)
+        self._check_runnable_training_job(request)
+        name = request["TrainingJobName"]
+        arn = _arn("training-job", name)
+        state = {
+            "TrainingJobName": name,
+            "TrainingJobArn": arn,
+            "TrainingJobStatus": "InProgress",
+            "SecondaryStatus": "Starting",
+            "CreationTime": now(),
+            "LastModifiedTime": now(),
+            "SupervisorStartBy": time.time() + SUPERVISOR_START_SECONDS,
+        }
+        if not self.store.create_standalone_training_job(name, request, state):
+            raise client_error(RESOURCE_IN_USE, "Training job names must be unique within an AWS account and region, "
+                                                f"and a training job with this name already exists ({arn})", operation)
+        folder = self.store.training_dir(name)
+        problem = self._detach("model_selection.local.training_job", folder)
+        if problem:
+            self._fail_orphaned_training_job(folder, f"the runner did not start: {problem}")
+        return {"TrainingJobArn": arn}
+
+    def _check_runnable_training_job(self, request: dict[str, Any]) -> None:
+        """What the local runner needs beyond the API shape: its code as a local archive holding the
+        program, and local folders for its channels and output. Every problem is named at once."""
+        hyperparameters = request.get("HyperParameters") or {}
+        program = hyperparameters.get(PROGRAM_HYPERPARAMETER)
+        archive = hyperparameters.get(SUBMIT_DIRECTORY_HYPERPARAMETER)
+        problems: list[str] = []
+        if not program:
+            problems.append(f"HyperParameters needs {PROGRAM_HYPERPARAMETER} (the script to run)")
+        if not archive:
+            problems.append(f"HyperParameters needs {SUBMIT_DIRECTORY_HYPERPARAMETER} (the code as a .tar.gz)")
+        elif archive.startswith("s3://") or not Path(local_path(archive)).is_file():
+            problems.append(f"{SUBMIT_DIRECTORY_HYPERPARAMETER} {archive!r} is not a local .tar.gz file "
+                            "(file:// URI or path)")
+        else:
+            try:
+                members = archive_members(Path(local_path(archive)))
+            except (OSError, tarfile.TarError) as error:
+                problems.append(f"{SUBMIT_DIRECTORY_HYPERPARAMETER} {archive!r} is not a readable .tar.gz: {error}")
+            else:
+                if program and os.path.normpath(program) not in members:
+                    problems.append(f"{PROGRAM_HYPERPARAMETER} {program!r} is not in {archive!r}")
+        problems += _channel_problems(request.get("InputDataConfig", []), allowed=None)
+        output = request["OutputDataConfig"]["S3OutputPath"]
+        if output.startswith("s3://"):
+            problems.append(f"OutputDataConfig.S3OutputPath {output!r} is not a local folder (file:// URI or path)")
+        if problems:
+            raise client_error(VALIDATION, "; ".join(problems), "CreateTrainingJob")
 
     def _check_runnable(self, request: dict[str, Any]) -> None:
         """What the local backend needs beyond the API shape, checked before anything starts."""
@@ -121,16 +195,7 @@ class LocalSageMakerClient:
         metric_names = {d["Name"] for d in definition["AlgorithmSpecification"].get("MetricDefinitions", [])}
         if objective not in metric_names:
             problems.append(f"objective metric {objective!r} is not among the MetricDefinitions {sorted(metric_names)}")
-        channels = {channel["ChannelName"]: channel for channel in definition.get("InputDataConfig", [])}
-        if "training" not in channels:
-            problems.append("InputDataConfig needs a 'training' channel")
-        for channel_name, channel in channels.items():
-            if channel_name not in LOCAL_CHANNELS:
-                problems.append(f"channel {channel_name!r}: the local backend takes {', '.join(LOCAL_CHANNELS)}")
-                continue
-            uri = channel["DataSource"].get("S3DataSource", {}).get("S3Uri", "")
-            if uri.startswith("s3://") or not Path(local_path(uri)).is_dir():
-                problems.append(f"channel {channel_name!r}: {uri!r} is not a local folder (file:// URI or path)")
+        problems += _channel_problems(definition.get("InputDataConfig", []), allowed=LOCAL_CHANNELS)
         static = dict(definition.get("StaticHyperParameters") or {})
         for trial in trials or [{}]:
             try:
@@ -143,19 +208,19 @@ class LocalSageMakerClient:
         if problems:
             raise client_error(VALIDATION, "; ".join(problems), operation)
 
-    def _start_supervisor(self, name: str) -> None:
-        from model_selection.local.supervisor import process_environment
-
+    def _detach(self, module: str, folder: Path) -> str | None:
+        """Start `python -m module JOBS_ROOT NAME` for the job at `folder`, which detaches and records its
+        own pid in the job's state (`supervisor.detach`); None, or why it did not start (its grace then ends)."""
         python = os.environ.get(PYTHON_VARIABLE, sys.executable)
         environment = process_environment()  # allow-listed: no AWS keys, Airflow connections or other secrets
         launcher = subprocess.run(
-            [python, "-m", "model_selection.local.supervisor", str(self.store.root), name],
+            [python, "-m", module, str(self.store.root), folder.name],
             capture_output=True, text=True, env=environment, start_new_session=True, timeout=SUPERVISOR_START_SECONDS,
         )
-        if launcher.returncode != 0 or not launcher.stdout.strip():  # it records its pid itself when it starts
-            folder = self.store.tuning_dir(name)
-            self.store.update_state(folder, lambda state: state.update(SupervisorStartBy=0))
-            self._fail_if_unsupervised(folder, f"the supervisor did not start: {launcher.stderr.strip()[-500:]}")
+        if launcher.returncode == 0 and launcher.stdout.strip():  # it printed the pid it recorded
+            return None
+        self.store.update_state(folder, lambda state: state.update(SupervisorStartBy=0))
+        return launcher.stderr.strip()[-500:]
 
     # -- describe and list ------------------------------------------------------------------
     def describe_hyper_parameter_tuning_job(self, HyperParameterTuningJobName: str) -> dict[str, Any]:
@@ -189,11 +254,10 @@ class LocalSageMakerClient:
         return _with_datetimes(response)
 
     def describe_training_job(self, TrainingJobName: str) -> dict[str, Any]:
-        folder = self.store.training_dir(TrainingJobName)
-        if not (folder / "state.json").exists():
-            raise client_error(RESOURCE_NOT_FOUND, f"Requested resource not found: training job {TrainingJobName}",
-                               "DescribeTrainingJob")
+        folder = self._training_folder(TrainingJobName, "DescribeTrainingJob")
         state = self.store.read_state(folder)
+        if "TuningJobName" not in state:
+            return self._describe_standalone_training_job(folder, state)
         tuning = self.store.read_state(self.store.tuning_dir(state["TuningJobName"]))
         training_definition = read_json(self.store.tuning_dir(state["TuningJobName"]) / "request.json")[
             "TrainingJobDefinition"
@@ -214,6 +278,29 @@ class LocalSageMakerClient:
             "FinalMetricDataList": state.get("FinalMetricDataList", []),
         }
         for optional in ("TrainingStartTime", "TrainingEndTime", "FailureReason", "ModelArtifacts"):
+            if state.get(optional):
+                response[optional] = state[optional]
+        return _with_datetimes(response)
+
+    def _describe_standalone_training_job(self, folder: Path, state: dict[str, Any]) -> dict[str, Any]:
+        """A job of `create_training_job`: its request's fields and its runner's record. An active job
+        whose runner has ended (killed, or the machine restarted) is Failed first."""
+        if state["TrainingJobStatus"] in ACTIVE and not _supervised(state):
+            state = self._fail_orphaned_training_job(
+                folder, f"the local training job's runner process (pid {state.get('SupervisorPid')}) ended while "
+                        "the job was in progress: it was killed or the machine restarted")
+        request = read_json(folder / "request.json")
+        response = {
+            "TrainingJobName": state["TrainingJobName"],
+            "TrainingJobArn": state["TrainingJobArn"],
+            "TrainingJobStatus": state["TrainingJobStatus"],
+            "SecondaryStatus": state["SecondaryStatus"],
+            "CreationTime": state["CreationTime"],
+            "LastModifiedTime": state["LastModifiedTime"],
+            **{field: request[field] for field in DESCRIBED_REQUEST_FIELDS if field in request},
+        }
+        for optional in ("TrainingStartTime", "TrainingEndTime", "FailureReason", "ModelArtifacts",
+                         "TrainingTimeInSeconds", "BillableTimeInSeconds"):
             if state.get(optional):
                 response[optional] = state[optional]
         return _with_datetimes(response)
@@ -263,7 +350,7 @@ class LocalSageMakerClient:
         return {"HyperParameterTuningJobSummaries": page, **({"NextToken": token} if token else {})}
 
     def training_job_log(self, name: str) -> str:
-        """What the trainer printed: the same text SageMaker's metric regexes read."""
+        """What the trainer (a training job's program) printed: the same text SageMaker's metric regexes read."""
         return (self.store.training_dir(name) / "log.txt").read_text(errors="replace")
 
     # -- stop ---------------------------------------------------------------------------------
@@ -285,7 +372,32 @@ class LocalSageMakerClient:
         self.store.update_state(folder, request_stop)
         return {}
 
+    def stop_training_job(self, TrainingJobName: str) -> dict[str, Any]:
+        """Stop a job of `create_training_job`: its runner sends the program's process group SIGTERM, then
+        SIGKILL after a grace, and the job ends Stopped. A tuning job's trial stops with its tuning job."""
+        operation = "StopTrainingJob"
+        folder = self._training_folder(TrainingJobName, operation)
+
+        def request_stop(state: dict[str, Any]) -> None:
+            if "TuningJobName" in state:
+                raise client_error(VALIDATION, f"Training job {TrainingJobName} is a trial of tuning job "
+                                               f"{state['TuningJobName']}: stop that tuning job", operation)
+            if state["TrainingJobStatus"] not in ACTIVE:
+                raise client_error(VALIDATION, f"Training job {TrainingJobName} is {state['TrainingJobStatus']} "
+                                               "and cannot be stopped", operation)
+            state["TrainingJobStatus"] = "Stopping"
+            (folder / "stop-requested").touch()
+
+        self.store.update_state(folder, request_stop)
+        return {}
+
     # -- helpers ------------------------------------------------------------------------------
+    def _training_folder(self, name: str, operation: str) -> Path:
+        folder = self.store.training_dir(name)
+        if not (folder / "state.json").exists():
+            raise client_error(RESOURCE_NOT_FOUND, f"Requested resource not found: training job {name}", operation)
+        return folder
+
     def _tuning_folder(self, name: str, operation: str) -> Path:
         folder = self.store.tuning_dir(name)
         if not (folder / "state.json").exists():
@@ -300,20 +412,39 @@ class LocalSageMakerClient:
                 return
             state.update(HyperParameterTuningJobStatus="Failed", FailureReason=reason, HyperParameterTuningEndTime=now())
             for name in state["TrainingJobNames"]:
-                self._fail_orphaned_trial(self.store.training_dir(name))
+                self._fail_orphaned_training_job(self.store.training_dir(name), "its tuning job's supervisor process ended")
 
         return self.store.update_state(folder, change)
 
-    def _fail_orphaned_trial(self, folder: Path) -> None:
-        def change(state: dict[str, Any]) -> None:
-            if state["TrainingJobStatus"] != "InProgress":
-                return
-            if state.get("Pid"):  # only if that pid is still the trainer it records (PidCreateTime)
-                kill_process_group(state["Pid"], state.get("PidCreateTime"))
-            state.update(TrainingJobStatus="Failed", SecondaryStatus="Failed", ObjectiveStatus="Failed",
-                         TrainingEndTime=now(), FailureReason="its tuning job's supervisor process ended")
+    def _fail_orphaned_training_job(self, folder: Path, reason: str) -> dict[str, Any]:
+        """Mark a trial, or a training job whose runner ended, Failed and kill its process group,
+        unless it ended meanwhile (or its runner still runs)."""
 
-        self.store.update_state(folder, change)
+        def change(state: dict[str, Any]) -> None:
+            if state["TrainingJobStatus"] not in ACTIVE or _supervised(state):
+                return
+            if state.get("Pid"):  # only if that pid is still the program it records (PidCreateTime)
+                kill_process_group(state["Pid"], state.get("PidCreateTime"))
+            state.update(TrainingJobStatus="Failed", SecondaryStatus="Failed", TrainingEndTime=now(), FailureReason=reason)
+            if "TuningJobName" in state:
+                state["ObjectiveStatus"] = "Failed"
+
+        return self.store.update_state(folder, change)
+
+
+def _channel_problems(channels: list[dict[str, Any]], allowed: tuple[str, ...] | None) -> list[str]:
+    """A 'training' channel, each channel one of `allowed` (None: any), each a local folder."""
+    names = [channel["ChannelName"] for channel in channels]
+    problems = [] if "training" in names else ["InputDataConfig needs a 'training' channel"]
+    for channel in channels:
+        name = channel["ChannelName"]
+        if allowed is not None and name not in allowed:
+            problems.append(f"channel {name!r}: the local backend takes {', '.join(allowed)}")
+            continue
+        uri = channel["DataSource"].get("S3DataSource", {}).get("S3Uri", "")
+        if uri.startswith("s3://") or not Path(local_path(uri)).is_dir():
+            problems.append(f"channel {name!r}: {uri!r} is not a local folder (file:// URI or path)")
+    return problems
 
 
 def _status_counters(trials: list[dict[str, Any]]) -> dict[str, int]:

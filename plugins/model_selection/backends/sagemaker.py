@@ -23,7 +23,8 @@ class SageMakerTuningJobHook(TuningJobHook, SageMakerHook):
     Every client it makes (`conn`, the async one too) holds every request, of every operation,
     to SageMaker's service model before sending it (`api.hold_to_service_model`): a request the
     service would refuse raises `RequestRefused`, naming the operation and each problem, and is
-    never sent.
+    never sent. S3 (the screen's staged source and its model.tar.gz) goes through the provider's
+    S3 hook over the same connection.
     """
 
     def __init__(self, aws_conn_id: str | None = "aws_default", region_name: str | None = None):
@@ -45,6 +46,27 @@ class SageMakerTuningJobHook(TuningJobHook, SageMakerHook):
 
     def training_log(self, training_job_name: str) -> str:
         return cloudwatch_training_log(training_job_name, aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+
+    def stage(self, job_name: str, filename: str, data: bytes, output_path: str) -> str:
+        """An S3 object `<output_path>/<job_name>/source/<filename>`, put with the same AWS connection."""
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        bucket, prefix = S3Hook.parse_s3_url(output_path)
+        key = "/".join(part for part in (prefix.strip("/"), job_name, "source", filename) if part)
+        self._s3().load_bytes(data, key=key, bucket_name=bucket, replace=True)
+        return f"s3://{bucket}/{key}"
+
+    def read_artifact(self, uri: str) -> bytes:
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        bucket, key = S3Hook.parse_s3_url(uri)
+        return self._s3().get_conn().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+    def _s3(self) -> Any:
+        """The provider's S3 hook over this hook's connection and region: credentials stay in the connection."""
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        return S3Hook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
 
     def console_location(self) -> tuple[str, str] | None:
         return self.conn_region_name, self.conn_partition

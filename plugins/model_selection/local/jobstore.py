@@ -1,7 +1,9 @@
 """Where local tuning and training jobs live: one folder each, state written atomically.
 
     ROOT/tuning-jobs/NAME/{request.json, state.json, supervisor.log, stop-requested}
-    ROOT/training-jobs/NAME/{state.json, hyperparameters.json, log.txt, model/, output/}
+    ROOT/training-jobs/NAME/{state.json, hyperparameters.json, log.txt, model/, output/}     a tuning job's trial
+    ROOT/training-jobs/NAME/{request.json, state.json, runner.log, stop-requested, log.txt, code/, model/, output/}
+                               a standalone training job (CreateTrainingJob), run by local/training_job.py
     ROOT/slots/slot-N.lock     machine-wide trainer slots (see MachineSlots)
     ROOT/feature-cache/        backbone features, machine-wide: every top-layer trial and the screen share them
 
@@ -67,6 +69,21 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _create_job_folder(folder: Path, request: dict[str, Any], state: dict[str, Any]) -> bool:
+    """Lay out a new job folder whole, then move it into place; False if the name is taken."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f".creating-{folder.name}-{uuid.uuid4().hex}"
+    staging.mkdir()
+    write_json_atomically(staging / "request.json", request)
+    write_json_atomically(staging / "state.json", state)
+    try:
+        os.rename(staging, folder)  # atomic; fails if the target exists and is not empty
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        return False
+    return True
+
+
 class JobStore:
     def __init__(self, root: Path | str | None = None):
         self.root = Path(root) if root is not None else default_jobs_root()
@@ -82,20 +99,15 @@ class JobStore:
         return self.training_root / name
 
     def create_tuning_job(self, name: str, request: dict[str, Any], state: dict[str, Any]) -> bool:
-        """Lay out a new job folder whole, then move it into place; False if the name is taken."""
-        self.tuning_root.mkdir(parents=True, exist_ok=True)
-        staging = self.tuning_root / f".creating-{name}-{uuid.uuid4().hex}"
-        staging.mkdir()
-        write_json_atomically(staging / "request.json", request)
-        write_json_atomically(staging / "state.json", state)
-        try:
-            os.rename(staging, self.tuning_dir(name))  # atomic; fails if the target exists and is not empty
-        except OSError:
-            shutil.rmtree(staging, ignore_errors=True)
-            return False
-        return True
+        """A new tuning job's folder; False if the name is taken."""
+        return _create_job_folder(self.tuning_dir(name), request, state)
+
+    def create_standalone_training_job(self, name: str, request: dict[str, Any], state: dict[str, Any]) -> bool:
+        """A new training job's folder (one of its own, not a tuning job's trial); False if the name is taken."""
+        return _create_job_folder(self.training_dir(name), request, state)
 
     def create_training_job(self, name: str, state: dict[str, Any]) -> Path:
+        """A tuning job's trial, named by its supervisor after the tuning job (`supervisor.training_job_name`)."""
         folder = self.training_dir(name)
         (folder / "output").mkdir(parents=True)
         write_json_atomically(folder / "state.json", state)

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,26 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return True
     except OSError:
         return False
+
+
+def hub_probe(log: Callable[[str], None]) -> Callable[[], bool]:
+    """`hub_reachable`, probed on the first call only (once per job), logging when processes will run offline."""
+
+    @functools.cache
+    def probe() -> bool:
+        reachable = hub_reachable()
+        if not reachable:
+            log("the model hub cannot be reached: trainers run with HF_HUB_OFFLINE=1 (cached weights still load)")
+        return reachable
+
+    return probe
+
+
+def offline_unless_hub_reachable(environment: dict[str, str], reachable: Callable[[], bool]) -> None:
+    """Set HF_HUB_OFFLINE=1 where the environment does not say and the hub cannot be reached: weights
+    already in the hub cache still load, and nothing waits ~50 s per process on a hub it cannot reach."""
+    if "HF_HUB_OFFLINE" not in environment and not reachable():
+        environment["HF_HUB_OFFLINE"] = "1"
 
 
 def visible_gpus() -> list[str]:
@@ -181,14 +201,7 @@ class Supervisor:
         self.definition = self.request["TrainingJobDefinition"]
         self.slots = MachineSlots(store.root / "slots", machine_trainer_cap())
         self.gpus = visible_gpus()
-
-    @functools.cached_property
-    def hub_reachable(self) -> bool:
-        """Whether the model hub answers a connection within seconds: probed once per tuning job."""
-        reachable = hub_reachable()
-        if not reachable:
-            self.log("the model hub cannot be reached: trainers run with HF_HUB_OFFLINE=1 (cached weights still load)")
-        return reachable
+        self.hub_reachable = hub_probe(self.log)
 
     def log(self, message: str) -> None:
         print(f"{now()} {message}", flush=True)
@@ -274,19 +287,8 @@ class Supervisor:
         }
         if self.gpus:
             environment["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
-        if "HF_HUB_OFFLINE" not in environment and not self.hub_reachable:
-            # Weights already in the hub cache still load; nothing waits ~50 s per trainer on a hub it cannot reach.
-            environment["HF_HUB_OFFLINE"] = "1"
-        with open(folder / "log.txt", "w") as log_file:
-            process = subprocess.Popen(
-                command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=environment, start_new_session=True, pass_fds=(slot_descriptor,),
-            )
-        import psutil
-
-        create_time = psutil.Process(process.pid).create_time()  # not reaped yet: it exists, at worst a zombie
-        self.store.update_state(folder, lambda state: state.update(
-            Pid=process.pid, PidCreateTime=create_time, Slot=slot))
+        offline_unless_hub_reachable(environment, self.hub_reachable)
+        process, create_time = start_recorded(command, folder, environment, pass_fds=(slot_descriptor,), Slot=slot)
         self.store.update_state(self.folder, lambda state: state["TrainingJobNames"].append(name))
         self.log(f"started {name} (pid {process.pid}, slot {slot}) with {tuned}")
         max_runtime = (self.definition.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
@@ -324,12 +326,7 @@ class Supervisor:
         self.log(f"{trial.name} ended {state['TrainingJobStatus']} (exit {return_code})")
 
     def _terminate(self, trial: RunningTrial) -> None:
-        terminate_process_group(trial.process.pid, trial.create_time)
-        try:
-            trial.process.wait(STOP_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            kill_process_group(trial.process.pid, trial.create_time)
-            trial.process.wait()
+        end_process(trial.process, trial.create_time)
 
     def _stop(self, running: list[RunningTrial]) -> None:
         self.log(f"stop requested: stopping {len(running)} running trial(s)")
@@ -416,35 +413,73 @@ def kill_process_group(pid: int | None, create_time: float | None) -> bool:
     return signal_recorded_process_group(pid, create_time, signal.SIGKILL)
 
 
+def start_recorded(
+    command: Sequence[str], folder: Path, environment: Mapping[str, str], *, cwd: Path | None = None,
+    pass_fds: Sequence[int] = (), **recorded: Any,
+) -> tuple[subprocess.Popen, float]:
+    """Start a job's process in a session of its own (so it and its children can be signalled as a
+    group), its output in `folder/log.txt`, and record its pid and start time (Pid, PidCreateTime,
+    and `recorded`) in the job's state: no signal may later reach another process with that pid."""
+    import psutil
+
+    with open(folder / "log.txt", "w") as log_file:
+        process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd,
+            env=dict(environment), start_new_session=True, pass_fds=tuple(pass_fds),
+        )
+    create_time = psutil.Process(process.pid).create_time()  # not reaped yet: it exists, at worst a zombie
+    JobStore.update_state(folder, lambda state: state.update(Pid=process.pid, PidCreateTime=create_time, **recorded))
+    return process, create_time
+
+
+def end_process(process: subprocess.Popen, create_time: float) -> int:
+    """SIGTERM to a process started by `start_recorded` and its group, SIGKILL after `STOP_GRACE_SECONDS`,
+    as SageMaker stops a training job; its exit status."""
+    terminate_process_group(process.pid, create_time)
+    try:
+        return process.wait(STOP_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        kill_process_group(process.pid, create_time)
+        return process.wait()
+
+
 # How long a new job may go without a recorded supervisor before it counts as unsupervised.
 SUPERVISOR_START_SECONDS = 120
 
 
-def detach_and_run(jobs_root: str, name: str) -> None:
-    """Fork; the parent records the child's pid in the job, prints it and exits, so the child is
-    nobody's zombie. The pid is recorded here, not by the caller, so that a caller killed while
-    this starts (Airflow SIGKILLed mid-launch) cannot leave a running supervisor unrecorded."""
-    store = JobStore(jobs_root)
+def detach(folder: Path, log_name: str, run: Callable[[], None]) -> None:
+    """Run `run` in a forked child that outlives its caller, its output in `folder/log_name`.
+
+    The parent records the child's pid and start time in the job's state at `folder`
+    (SupervisorPid, SupervisorCreateTime: what the client's liveness check reads), prints the pid
+    and exits, so the child is nobody's zombie. The pid is recorded here, not by the caller, so that
+    a caller killed while this starts (Airflow SIGKILLed mid-launch) cannot leave a running
+    supervisor unrecorded.
+    """
     child = os.fork()
     if child:
         import psutil
 
         create_time = psutil.Process(child).create_time()
-        store.update_state(store.tuning_dir(name), lambda state: state.update(
-            SupervisorPid=child, SupervisorCreateTime=create_time))
+        JobStore.update_state(folder, lambda state: state.update(SupervisorPid=child, SupervisorCreateTime=create_time))
         print(child, flush=True)
         os._exit(0)
-    log_path = store.tuning_dir(name) / "supervisor.log"
-    log_descriptor = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    log_descriptor = os.open(folder / log_name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     null_descriptor = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null_descriptor, 0)
     os.dup2(log_descriptor, 1)
     os.dup2(log_descriptor, 2)
     try:
-        Supervisor(store, name).run()
+        run()
     finally:
         sys.stdout.flush()
         os._exit(0)
+
+
+def detach_and_run(jobs_root: str, name: str) -> None:
+    """Supervise tuning job `name` in a detached process (`detach`)."""
+    store = JobStore(jobs_root)
+    detach(store.tuning_dir(name), "supervisor.log", lambda: Supervisor(store, name).run())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,61 @@
+"""What the plan decides about the screen: which candidates it can score, and the one training job that does.
+
+A local candidate is scored on the very model its trainer loads. A SageMaker candidate (a JumpStart id)
+is scored on its exact timm twin (include/model_maps: the same TensorFlow weights, ported), which the
+screen job loads from the model hub; a candidate without an exact twin cannot be scored, and is either
+fine-tuned unscored or left out (`screen.unscored`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from model_selection.screening import ScreenSettings
+
+
+def scorable_candidates(backend: str, launches: list[Mapping[str, Any]], project_root: Path
+                        ) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """([{"model_id", "static_hyperparameters"}] the screen job scores, {model id: why it cannot be scored}).
+
+    Launches that attach to a running job are not candidates: their job is paid for already.
+    """
+    candidates = [launch for launch in launches if not launch["attaching"]]
+    if backend == "local":
+        return [{"model_id": launch["model_id"], "static_hyperparameters": launch["spec"]["static_hyperparameters"]}
+                for launch in candidates], {}
+    from model_selection.local.jumpstart_map import translate_jumpstart_ids
+
+    translation = translate_jumpstart_ids([launch["model_id"] for launch in candidates], project_root,
+                                          allow_approximate=False)
+    scored, unscored = [], {}
+    for launch in candidates:
+        model_id = launch["model_id"]
+        if model_id in translation.timm_names:
+            scored.append({"model_id": model_id, "static_hyperparameters": {
+                "model_id": translation.timm_names[model_id], "pretrained": "true", "image_size": "auto",
+                "pretrained_image_size": str(translation.input_sizes[model_id])}})
+        else:
+            reason = translation.left_out().get(model_id) or "not in the JumpStart-to-timm map"
+            unscored[model_id] = f"no exact timm twin to score it on ({reason})"
+    return scored, unscored
+
+
+def screen_log_line(settings: ScreenSettings, scored: int, unscored: dict[str, str], trials: int,
+                    backend: str) -> str:
+    """The plan's statement of what the screen will do and spare, before anything runs."""
+    from model_selection.screening import training_jobs_saved
+
+    sample = "every image" if settings.sample_per_class is None else f"at most {settings.sample_per_class} images per class"
+    kept_unscored = len(unscored) if settings.unscored == "fine_tune" else 0
+    saved = training_jobs_saved(scored, settings.keep_top, trials)
+    where = (f"one SageMaker training job on {settings.instance_type}" if backend == "sagemaker"
+             else "one local job")
+    line = (f"screen: {scored} candidate(s) scored on {sample} of training and validation, in {where}; the best "
+            f"{min(settings.keep_top, scored)} fine-tuned; saves {saved} training job(s) "
+            f"({max(scored - settings.keep_top, 0)} tuning job(s) of {trials} trial(s) each)")
+    if unscored:
+        line += (f"; {len(unscored)} candidate(s) without an exact timm twin "
+                 + (f"fine-tuned unscored: {', '.join(unscored)}" if kept_unscored else f"left out: {', '.join(unscored)}"))
+    return line
