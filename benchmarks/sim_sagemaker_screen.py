@@ -95,6 +95,7 @@ class Assumptions:
 
 
 def load_seed_table(path: Path = SEED_TABLE) -> list[SeedModel]:
+    """The seed's published rows: the only record of what its tuning jobs cost."""
     with open(path, newline="") as handle:
         return [SeedModel(row["jumpstart_id"], float(row["parameters_millions"]),
                           float(row["test_accuracy_percent"]) / 100, float(row["seconds_per_epoch"]))

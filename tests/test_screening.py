@@ -346,3 +346,81 @@ def test_a_local_screen_scores_tiny_models_shares_the_feature_cache_and_slots(ch
         feature_cache_dir=JobStore(jobs_root).feature_cache,
     )
     assert summary["feature_cache"] == "loaded"
+
+
+BIT_EXACT = "tensorflow-ic-bit-m-r101x1-ilsvrc2012-classification-1"  # exact twin: resnetv2_101x1_bit.goog_in21k_ft_in1k
+BIT_APPROXIMATE = "tensorflow-ic-bit-s-r101x1-ilsvrc2012-classification-1"  # only an approximate twin
+INCEPTION_UNMAPPED = "tensorflow-ic-imagenet-inception-v1-classification-4"  # no twin at all
+
+
+def sagemaker_launch(model_id: str, attaching: bool = False) -> dict:
+    return {"model_id": model_id, "attaching": attaching, "job_name": f"job-{model_id[-12:]}", "attempt": 1,
+            "spec": {"static_hyperparameters": {"epochs": "2"}}}
+
+
+def test_on_sagemaker_only_exact_twins_are_scored_and_the_others_say_why():
+    from model_selection.screen_plan import scorable_candidates
+
+    launches = [sagemaker_launch(BIT_EXACT), sagemaker_launch(BIT_APPROXIMATE), sagemaker_launch(INCEPTION_UNMAPPED),
+                sagemaker_launch("tensorflow-ic-bit-m-r101x3-ilsvrc2012-classification-1", attaching=True)]
+    scored, unscored = scorable_candidates("sagemaker", launches, PROJECT_ROOT)
+    assert scored == [{"model_id": BIT_EXACT, "static_hyperparameters": {
+        "model_id": "resnetv2_101x1_bit.goog_in21k_ft_in1k", "pretrained": "true", "image_size": "auto",
+        "pretrained_image_size": "224"}}]
+    assert sorted(unscored) == [BIT_APPROXIMATE, INCEPTION_UNMAPPED]  # the attaching launch is no candidate
+    assert "approximate" in unscored[BIT_APPROXIMATE] and unscored[INCEPTION_UNMAPPED].startswith("no exact timm twin")
+
+
+def test_the_saving_is_estimated_only_from_what_this_configurations_jobs_billed():
+    from model_selection.screen_plan import saving_estimate
+
+    rows = [{"dataset": "pets", "config_hash": "abc", "billable_seconds": 1800, "training_jobs": 2},
+            {"dataset": "pets", "config_hash": "abc", "billable_seconds": 600, "training_jobs": 2},
+            {"dataset": "pets", "config_hash": "other", "billable_seconds": 99999, "training_jobs": 1}]
+    line = saving_estimate(rows, "pets", "abc", "ml.g4dn.xlarge", "ml.g4dn.xlarge", jobs_saved=6)
+    # 2,400 s over 4 jobs = 600 s a job; 6 jobs = 1 instance-hour, at the price table's g4dn.xlarge rate
+    from model_selection.cost import load_prices
+
+    rate = load_prices().price("ml.g4dn.xlarge")
+    assert "about 1.00 instance-hours" in line and "averaged 10.0 min" in line and f"about ${rate:.2f}" in line
+    assert "saving is not estimated (no training job of this configuration has billed yet)" in saving_estimate(
+        rows, "pets", "new", "ml.g4dn.xlarge", "ml.g4dn.xlarge", jobs_saved=6)
+
+
+class RecordedXComs:
+    """What a task instance's `xcom_pull` returns for the plan's XComs (the screen reads nothing else)."""
+
+    def __init__(self, values: dict):
+        self.values = values
+
+    def xcom_pull(self, task_ids: str, key: str = "return_value"):
+        return self.values.get((task_ids, key))
+
+
+@pytest.mark.parametrize("policy", ["fine_tune", "leave_out"])
+def test_candidates_the_screen_cannot_score_are_fine_tuned_or_left_out_with_a_row_saying_why(tmp_path, policy):
+    from model_selection.dag_tasks import screen_task
+    from model_selection.results import ResultsStore
+
+    launches = [sagemaker_launch(BIT_APPROXIMATE), sagemaker_launch(INCEPTION_UNMAPPED),
+                sagemaker_launch(BIT_EXACT, attaching=True)]
+    study = {"screen": {"keep_top": 1, "unscored": policy}, "dataset": {"name": "pets"}, "config_hash": "abc",
+             "backend": "sagemaker", "results_uri": str(tmp_path), "aws_conn_id": None, "learning_rate_multipliers": [1, 0.2]}
+    unscored = {BIT_APPROXIMATE: "no exact timm twin to score it on (approximate)",
+                INCEPTION_UNMAPPED: "no exact timm twin to score it on (unmapped)"}
+    ti = RecordedXComs({("plan", "study"): study, ("plan", "screen_job"): {"unscored": unscored}})
+    kept = screen_task(ti, launches, None, "run-1")  # no screen job ran: nothing could be scored
+    store = ResultsStore(str(tmp_path))
+    rows = {row["model_id"]: row for row in store.read_latest(dataset="pets")}
+    record = store.latest_record("screen", "pets", "abc")
+    assert record["unscored"] == unscored and record["unscored_policy"] == policy
+    if policy == "fine_tune":
+        assert [launch["model_id"] for launch in kept] == [BIT_EXACT, BIT_APPROXIMATE, INCEPTION_UNMAPPED]
+        assert kept[1]["screen"]["screen_note"] == unscored[BIT_APPROXIMATE] and kept[1]["screen"]["screen_rank"] is None
+        assert rows == {} and record["training_jobs_saved"] == 0
+    else:
+        assert [launch["model_id"] for launch in kept] == [BIT_EXACT]  # its job runs already: never screened out
+        assert {model: row["status"] for model, row in rows.items()} == {BIT_APPROXIMATE: "Screened out",
+                                                                         INCEPTION_UNMAPPED: "Screened out"}
+        assert rows[INCEPTION_UNMAPPED]["failure_reason"] == unscored[INCEPTION_UNMAPPED] + "; screen.unscored is leave_out"
+        assert record["training_jobs_saved"] == 4

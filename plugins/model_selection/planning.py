@@ -186,7 +186,7 @@ def plan_study(params: dict[str, Any], project_root: Path, jobs_root: str) -> di
         raise StudyError(f"two models were given the same tuning-job name: {sorted(names)}")
     return {"study": {**study.settings(), "test_examples": test_examples(study)}, "launches": launches,
             "skipped": skipped, "left_out": left_out,
-            "screen_job": plan_screen_job(study, launches, specs, project_root, jobs_root)}
+            "screen_job": plan_screen_job(study, launches, specs, rows, project_root, jobs_root)}
 
 
 def training_region(study: Study) -> str | None:
@@ -197,7 +197,7 @@ def training_region(study: Study) -> str | None:
 
 
 def plan_screen_job(study: Study, launches: list[dict[str, Any]], specs: dict[str, dict[str, Any]],
-                    project_root: Path, jobs_root: str) -> dict[str, Any]:
+                    rows: list[dict[str, Any]], project_root: Path, jobs_root: str) -> dict[str, Any]:
     """The screen's one training job, as the plan's XCom `screen_job` carries it to `screen_launch`; {} for none.
 
     The plan names it (from the study, the candidates and the sample) and stages its source archive
@@ -205,14 +205,18 @@ def plan_screen_job(study: Study, launches: list[dict[str, Any]], specs: dict[st
     and a screen of these inputs that ended without scores moves on to a new attempt's name. A job that
     exists keeps the source it was launched with; nothing is staged over it.
     """
-    from model_selection.screen_plan import scorable_candidates, screen_log_line
-    from model_selection.screening import screen_settings
+    from model_selection.screen_plan import saving_estimate, scorable_candidates, screen_log_line
+    from model_selection.screening import screen_settings, training_jobs_saved
 
     screen = screen_settings(study.screen)
     if screen is None:
         return {}
     candidates, unscored = scorable_candidates(study.backend, launches, project_root)
-    log.info(screen_log_line(screen, len(candidates), unscored, len(study.learning_rate_multipliers), study.backend))
+    trials = len(study.learning_rate_multipliers)
+    log.info(screen_log_line(screen, len(candidates), unscored, trials, study.backend))
+    if study.backend == "sagemaker":
+        log.info(saving_estimate(rows, study.dataset.name, study.config_hash, study.instance_type, screen.instance_type,
+                                 training_jobs_saved(len(candidates), screen.keep_top, trials)))
     if not candidates:
         return {"unscored": unscored} if unscored else {}
     from model_selection.dag_tasks import hook_params

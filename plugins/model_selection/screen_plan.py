@@ -59,3 +59,32 @@ def screen_log_line(settings: ScreenSettings, scored: int, unscored: dict[str, s
         line += (f"; {len(unscored)} candidate(s) without an exact timm twin "
                  + (f"fine-tuned unscored: {', '.join(unscored)}" if kept_unscored else f"left out: {', '.join(unscored)}"))
     return line
+
+
+def saving_estimate(rows: list[Mapping[str, Any]], dataset: str, config_hash: str, instance_type: str,
+                    screen_instance_type: str, jobs_saved: int) -> str:
+    """SageMaker: what the training jobs the screen spares would cost, from what this configuration's jobs have
+    billed so far (the results store), at the price table's rate; and the rate the screen job pays.
+
+    No estimate without history: a job's length depends on the model and the data, and the plan has seen
+    none of this configuration's yet.
+    """
+    from model_selection.cost import as_number, load_prices
+
+    prices = load_prices()
+    billed = [(as_number(row.get("billable_seconds")), as_number(row.get("training_jobs"))) for row in rows
+              if row.get("dataset") == dataset and row.get("config_hash") == config_hash]
+    billed = [(seconds, jobs) for seconds, jobs in billed if seconds is not None and jobs]
+    rate, screen_rate = prices.price(instance_type), prices.price(screen_instance_type)
+    screen_part = (f"the screen job pays ${screen_rate:.3f}/h on {screen_instance_type}" if screen_rate is not None
+                   else f"the price table has no rate for {screen_instance_type}")
+    if not billed or rate is None or not jobs_saved:
+        why = ("no training job of this configuration has billed yet" if not billed
+               else f"the price table has no rate for {instance_type}" if rate is None else "it spares no job")
+        return f"screen cost: the saving is not estimated ({why}); {screen_part} (price table of {prices.as_of})"
+    per_job = sum(seconds for seconds, _ in billed) / sum(jobs for _, jobs in billed)
+    hours = jobs_saved * per_job / 3600
+    return (f"screen cost: the {jobs_saved} training job(s) it spares would bill about {hours:.2f} instance-hours "
+            f"(this configuration's {sum(jobs for _, jobs in billed):.0f} billed job(s) averaged {per_job / 60:.1f} min), "
+            f"about ${hours * rate:.2f} at ${rate:.3f}/h on {instance_type}; {screen_part} "
+            f"(price table of {prices.as_of})")
