@@ -112,7 +112,8 @@ bench: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_trainer.py
 	$(BIN)/python benchmarks/bench_transfer.py
 
-# The screen against the full study it shortcuts: 8 local models, the digits and generated stripes (~25 min on 2 cores).
+# The screen against the full study it shortcuts (whole-model fine-tuning): 8 local models, the digits and generated
+# stripes, samples of 5-40 images per class, then a simulated SageMaker study (~20 min on 2 cores).
 bench-screen: $(INSTALLED)
 	$(BIN)/python benchmarks/bench_screen.py
 

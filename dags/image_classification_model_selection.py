@@ -60,7 +60,7 @@ PARAMS = {
     "screen": Param(None, type=["null", "object"],
                     description='Score every candidate cheaply first, in one job, and fine-tune only the best, e.g. '
                                 '{"keep_top": 5, "score": "knn"} (score: knn, linear, logme or combined; '
-                                'sample_per_class: images per class scored, default 20, null for all; seed; '
+                                'sample_per_class: images per class scored, default 10, null for all; seed; '
                                 'instance_type: the SageMaker screen job\'s, default ml.g4dn.xlarge; unscored: '
                                 'fine_tune or leave_out, for JumpStart ids without an exact timm twin). '
                                 'Empty: every model is fine-tuned.'),

@@ -429,7 +429,7 @@ def imagenet_top1(model_id: str, table: Path = PRIOR_TABLE) -> float | None:
 
 SCREEN_KEYS = ("keep_top", "score", "sample_per_class", "seed", "instance_type", "unscored")
 # At most this many images per class of training and of validation are scored (benchmarks/bench_screen.py).
-DEFAULT_SAMPLE_PER_CLASS = 20
+DEFAULT_SAMPLE_PER_CLASS = 10
 DEFAULT_SCREEN_INSTANCE_TYPE = "ml.g4dn.xlarge"
 UNSCORED_CHOICES = ("fine_tune", "leave_out")  # candidates the screen cannot score (no exact timm twin)
 
