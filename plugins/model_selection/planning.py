@@ -186,7 +186,17 @@ def plan_study(params: dict[str, Any], project_root: Path, jobs_root: str) -> di
         raise StudyError(f"two models were given the same tuning-job name: {sorted(names)}")
     return {"study": {**study.settings(), "test_examples": test_examples(study)}, "launches": launches,
             "skipped": skipped, "left_out": left_out,
-            "screen_job": plan_screen_job(study, launches, specs, rows, project_root, jobs_root)}
+            "screen_job": plan_screen_job(study, launches, finished_entries(skipped, specs, translation), specs, rows,
+                                          project_root, jobs_root)}
+
+
+def finished_entries(skipped: list[str], specs: dict[str, dict[str, Any]],
+                     translation: Translation | None) -> list[dict[str, Any]]:
+    """The models already fine-tuned under this configuration, shaped as launches for the screen to rank beside
+    the others (they are never launched again)."""
+    return [{"model_id": model_id, "spec": specs[model_id], "attaching": False, "finished": True,
+             **({"twin": translation.twin(model_id)} if translation and translation.twin(model_id) else {})}
+            for model_id in skipped]
 
 
 def training_region(study: Study) -> str | None:
@@ -196,11 +206,17 @@ def training_region(study: Study) -> str | None:
     return study.region_name or aws_connection(study.aws_conn_id).region_name
 
 
-def plan_screen_job(study: Study, launches: list[dict[str, Any]], specs: dict[str, dict[str, Any]],
-                    rows: list[dict[str, Any]], project_root: Path, jobs_root: str) -> dict[str, Any]:
+def plan_screen_job(study: Study, launches: list[dict[str, Any]], finished: list[dict[str, Any]],
+                    specs: dict[str, dict[str, Any]], rows: list[dict[str, Any]], project_root: Path,
+                    jobs_root: str) -> dict[str, Any]:
     """The screen's one training job, as the plan's XCom `screen_job` carries it to `screen_launch`; {} for none.
 
-    The plan names it (from the study, the candidates and the sample) and stages its source archive
+    The screen ranks the study's whole list: the models still to train and those `finished` under this
+    configuration, which hold their places among the best `keep_top` without training again. So the same conf
+    run again screens the same candidates (and attaches to the same job) and trains nothing it screened out,
+    and a larger `keep_top` later reuses the scores to train the next best.
+
+    The plan names the job (from the study, the candidates and the sample) and stages its source archive
     (the screen code and the candidates): a retried plan or a re-run finds the same job and attaches,
     and a screen of these inputs that ended without scores moves on to a new attempt's name. A job that
     exists keeps the source it was launched with; nothing is staged over it.
@@ -209,15 +225,21 @@ def plan_screen_job(study: Study, launches: list[dict[str, Any]], specs: dict[st
     from model_selection.screening import screen_settings, training_jobs_saved
 
     screen = screen_settings(study.screen)
-    if screen is None:
+    pending = {launch["model_id"] for launch in launches if not launch["attaching"]}
+    if screen is None or not pending:
         return {}
-    candidates, unscored = scorable_candidates(study.backend, launches, project_root)
+    order = list(specs)  # the study's order, so a re-run names the same candidates in the same order
+    pool = sorted([launch for launch in launches if launch["model_id"] in pending] + finished,
+                  key=lambda entry: order.index(entry["model_id"]))
+    candidates, unscored = scorable_candidates(study.backend, pool, project_root)
+    unscored = {model_id: reason for model_id, reason in unscored.items() if model_id in pending}
+    finished_ids = [candidate["model_id"] for candidate in candidates if candidate["model_id"] not in pending]
     trials = len(study.learning_rate_multipliers)
-    log.info(screen_log_line(screen, len(candidates), unscored, trials, study.backend))
+    log.info(screen_log_line(screen, len(candidates), unscored, trials, study.backend, finished=len(finished_ids)))
     if study.backend == "sagemaker":
         log.info(saving_estimate(rows, study.dataset.name, study.config_hash, study.instance_type, screen.instance_type,
-                                 training_jobs_saved(len(candidates), screen.keep_top, trials)))
-    if not candidates:
+                                 training_jobs_saved(len(candidates) - len(finished_ids), screen.keep_top, trials)))
+    if len(candidates) == len(finished_ids):  # nothing still to train can be scored
         return {"unscored": unscored} if unscored else {}
     from model_selection.dag_tasks import hook_params
     from model_selection.hooks import tuning_job_hook
@@ -246,7 +268,7 @@ def plan_screen_job(study: Study, launches: list[dict[str, Any]], specs: dict[st
                                    seed=screen.seed, score=screen.score, role_arn=role_arn, region=region)
     return {"job_name": name, "model_id": f"screen of {len(candidates)} candidate(s)", "hook_params": settings,
             "request": request, "candidates": [candidate["model_id"] for candidate in candidates],
-            "unscored": unscored, "attempt": attempt + 1,
+            "finished": finished_ids, "unscored": unscored, "attempt": attempt + 1,
             "max_capacity_wait_seconds": study.max_capacity_wait_hours * 3600}
 
 

@@ -43,18 +43,26 @@ def scorable_candidates(backend: str, launches: list[Mapping[str, Any]], project
 
 
 def screen_log_line(settings: ScreenSettings, scored: int, unscored: dict[str, str], trials: int,
-                    backend: str) -> str:
-    """The plan's statement of what the screen will do and spare, before anything runs."""
+                    backend: str, finished: int = 0) -> str:
+    """The plan's statement of what the screen will do and spare, before anything runs. `finished` of the
+    `scored` candidates are fine-tuned already: they are ranked with the others and not trained again."""
     from model_selection.screening import training_jobs_saved
 
     sample = "every image" if settings.sample_per_class is None else f"at most {settings.sample_per_class} images per class"
     kept_unscored = len(unscored) if settings.unscored == "fine_tune" else 0
-    saved = training_jobs_saved(scored, settings.keep_top, trials)
+    pending = scored - finished
+    saved = training_jobs_saved(pending, settings.keep_top, trials)
     where = (f"one SageMaker training job on {settings.instance_type}" if backend == "sagemaker"
              else "one local job")
     line = (f"screen: {scored} candidate(s) scored on {sample} of training and validation, in {where}; the best "
-            f"{min(settings.keep_top, scored)} fine-tuned; saves {saved} training job(s) "
-            f"({max(scored - settings.keep_top, 0)} tuning job(s) of {trials} trial(s) each)")
+            f"{min(settings.keep_top, scored)} fine-tuned")
+    if finished:
+        line += (f" ({finished} of the candidates fine-tuned already, ranked with the others and not trained again); "
+                 f"saves at least {saved} training job(s) ({max(pending - settings.keep_top, 0)} tuning job(s) "
+                 f"of {trials} trial(s) each)")
+    else:
+        line += (f"; saves {saved} training job(s) ({max(pending - settings.keep_top, 0)} tuning job(s) of {trials} "
+                 "trial(s) each)")
     if unscored:
         line += (f"; {len(unscored)} candidate(s) without an exact timm twin "
                  + (f"fine-tuned unscored: {', '.join(unscored)}" if kept_unscored else f"left out: {', '.join(unscored)}"))
