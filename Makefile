@@ -26,13 +26,14 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
 setup: $(INSTALLED)
 
-# Reinstalls only when a requirements file changed since the last install. --no-compile: Python compiles
-# only the modules a run imports, on first import, instead of pip compiling every file it installs (a fresh
-# install measured 94 s instead of 150 s on 2 cores).
+# Reinstalls only when a requirements file changed since the last install. uv (installed by pip into the venv)
+# resolves the same versions as pip from the same requirements and installs them in parallel, without compiling
+# bytecode (Python compiles only the modules a run imports): a fresh install measured 40 s instead of pip's 115 s.
+UV_VERSION := 0.13.9
 $(INSTALLED): requirements.txt requirements-local.txt requirements-test.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --no-compile -r requirements.txt -r requirements-local.txt -r requirements-test.txt 2>&1 \
-		| { grep -v "^WARNING: Location 'file:" || true; }
+	$(BIN)/pip install -q uv==$(UV_VERSION) 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
+	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.txt -r requirements-local.txt -r requirements-test.txt
 	touch $@
 
 $(DIGITS)/training: | $(INSTALLED)
@@ -96,10 +97,13 @@ browser:
 		     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver > /dev/null; } \
 		|| echo "Chromium could not be installed: the browser test will be skipped"
 
-# Two workers: much of the suite waits on Airflow, trainers and polling, so two overlap well on 2 cores.
-# Tests that share an expensive module fixture stay in one worker (tests/conftest.py).
-test: $(INSTALLED) browser
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+# The venv and the browser install side by side. Three workers on 2 cores: much of the suite waits on Airflow,
+# trainers and polling, so a third worker fills the idle time. Tests that share an expensive module fixture stay
+# in one worker (tests/conftest.py).
+TEST_WORKERS ?= 3
+test:
+	$(MAKE) --no-print-directory -j2 setup browser
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # Faults injected into whole studies (moto's SageMaker endpoint, and real Airflow on the local
 # backend); prints the figures per fault.
