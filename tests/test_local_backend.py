@@ -77,9 +77,27 @@ def trainer_processes(marker: str) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter(["cmdline"]):
         command = " ".join(process.info["cmdline"] or [])
-        if "model_selection.local.train" in command and marker in command:
+        if "model_selection.local.train " in command and marker in command:
             found.append(process)
     return found
+
+
+def trainers_running_together(marker: str) -> int:
+    """Trainers alive at one instant: those a scan found that still run once it is over. A scan reads one process
+    after another, so a trainer that ended mid-scan and the one that took its slot would both be in it; each kept
+    here started before the scan ended and runs at its check, so all of them ran at the first check. A child a
+    trainer forks has its command line until it execs: it is not another trainer."""
+    found = trainer_processes(marker)
+    pids = {process.pid for process in found}
+
+    def running_trainer(process: psutil.Process) -> bool:
+        try:
+            return (process.ppid() not in pids and process.is_running()
+                    and process.status() != psutil.STATUS_ZOMBIE)
+        except psutil.NoSuchProcess:
+            return False
+
+    return sum(running_trainer(process) for process in found)
 
 
 def test_grid_runs_exactly_the_two_learning_rates_and_picks_the_better(client, data, tmp_path):
@@ -132,7 +150,7 @@ def test_machine_wide_cap_holds_while_trainers_run(client, data, tmp_path, monke
 
     def sample() -> None:
         while not done.is_set():
-            observed.append(len(trainer_processes(str(client.store.root))))
+            observed.append(trainers_running_together(str(client.store.root)))
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample)
