@@ -177,6 +177,16 @@ def test_trigger_and_sensor_report_success_and_failure(study, tmp_path):
     assert TuningJobSensor(task_id="wait", job=good, deferrable=False).poke(CONTEXT) is True
 
 
+@pytest.mark.parametrize(("given", "set_later", "backend", "expected"), [
+    (None, None, "local", 5.0), (None, None, "sagemaker", 30.0), (2, None, "local", 2), (None, 1, "sagemaker", 1)])
+def test_the_wait_polls_at_its_backends_default_unless_an_interval_was_set(given, set_later, backend, expected):
+    job = {"job_name": "j", "model_id": "m", "hook_params": {"backend": backend}}
+    sensor = TuningJobSensor(task_id="wait", job=job, **({"poke_interval": given} if given else {}))
+    if set_later:
+        sensor.poke_interval = set_later  # as a cluster policy sets it, once the operator is made
+    assert sensor.resolve_poke_interval() == expected
+
+
 def test_trigger_times_out_and_the_sensor_stops_the_job(study, tmp_path):
     slow = launch_for(study, "test_resnet", tmp_path / "jobs", epochs="200")
     TuningJobLaunchOperator(task_id="launch", launch=slow).execute(CONTEXT)

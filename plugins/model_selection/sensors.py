@@ -34,7 +34,8 @@ class TuningJobSensor(BaseSensorOperator):
     (or reschedules). Unless `stop_on_kill=False`, the job is stopped whenever the wait ends
     without it: the timeout passing (in either mode), the task killed while poking, or a
     user killing the deferred task (the trigger's `on_kill`).
-    Without a `poke_interval` it polls at its backend's `DEFAULT_POLL_SECONDS`.
+    Without a `poke_interval` (given, or set later, as a cluster policy sets it) it polls at its backend's
+    `DEFAULT_POLL_SECONDS`.
     """
 
     template_fields = ("job",)  # resolves the launch's XCom inside a mapped task group
@@ -45,7 +46,8 @@ class TuningJobSensor(BaseSensorOperator):
                  poke_interval: float | None = None, timeout: dt.timedelta | float = DEFAULT_TIMEOUT, **kwargs: Any):
         super().__init__(poke_interval=DEFAULT_POLL_SECONDS["sagemaker"] if poke_interval is None else poke_interval,
                          timeout=timeout, **kwargs)
-        self.poll_seconds_given = poke_interval is not None  # else the backend's default, once `job` is resolved
+        # else the backend's default, once `job` is resolved (`resolve_poke_interval`)
+        self.unset_poke_interval = None if poke_interval is not None else self.poke_interval
         self.job = job
         self.deferrable = deferrable
         self.stop_on_kill = stop_on_kill
@@ -65,9 +67,14 @@ class TuningJobSensor(BaseSensorOperator):
     def timeout_seconds(self) -> float:
         return self.timeout.total_seconds() if isinstance(self.timeout, dt.timedelta) else float(self.timeout)
 
-    def execute(self, context: Any) -> Any:
-        if not self.poll_seconds_given:
+    def resolve_poke_interval(self) -> float:
+        """The interval nobody set becomes the job's backend's default; one that was set stays."""
+        if self.poke_interval == self.unset_poke_interval:
             self.poke_interval = DEFAULT_POLL_SECONDS.get(self.job["hook_params"].get("backend"), self.poke_interval)
+        return self.poke_interval
+
+    def execute(self, context: Any) -> Any:
+        self.resolve_poke_interval()
         if not self.deferrable:
             try:
                 super().execute(context)
