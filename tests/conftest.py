@@ -157,7 +157,10 @@ SHARED_MODULE_FIXTURES = frozenset({"airflow", "finished_run", "killed_study", "
 
 def pytest_collection_modifyitems(items) -> None:
     """`make test` spreads tests over pytest-xdist workers (`--dist loadgroup`); the tests of a module
-    that share one of its expensive fixtures stay together in one worker, in file order."""
+    that share one of its expensive fixtures stay together in one worker, in file order. xdist hands out the
+    largest groups first, then single tests in collection order: the `slow` ones go to the front of that
+    order, so that no worker is left running one alone while the other has finished."""
     for item in items:
         if SHARED_MODULE_FIXTURES.intersection(item.fixturenames):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise

@@ -441,6 +441,7 @@ def task_states(database: Path) -> dict[tuple[str, int], str]:
     return {(task_id, map_index): state for task_id, map_index, state in rows}
 
 
+@pytest.mark.slow
 def test_one_launch_failing_for_good_among_six_fails_no_other_lane(tmp_path, monkeypatch, migrated_database):
     """Real `airflow dags test` of six models against moto, where one model's job name is already taken
     by a tuning job made from another model's request (created before the run): that launch fails at
@@ -625,6 +626,7 @@ def study_rows(root: Path, dataset: str) -> dict[str, dict]:
     return {row["model_id"]: row for row in ResultsStore(str(root / "results")).read_latest(dataset=dataset)}
 
 
+@pytest.mark.slow
 def test_two_studies_sharing_an_account_quota_in_real_airflow(tmp_path, monkeypatch, migrated_database):
     """Two DAG runs started at once, two studies (data sets `pets`, capped by the study at 1 job in flight,
     and `dogs`, capped at 100) of four models each, against one account whose training-instance quota fits 3
@@ -683,6 +685,7 @@ THROTTLED_OPERATIONS = ("CreateHyperParameterTuningJob", "DescribeHyperParameter
 SHORT_RETRIES = {"mode": "standard", "total_max_attempts": 2}
 
 
+@pytest.mark.slow
 def test_throttling_that_outlasts_the_clients_retries_in_real_airflow(tmp_path, monkeypatch, migrated_database):
     """The connection allows botocore 2 attempts per call; the server throttles each job's create, describes
     and the study's listing in bursts of 2 of every 3 requests, so every other call reaches the project's own
@@ -726,6 +729,7 @@ def test_throttling_that_outlasts_the_clients_retries_in_real_airflow(tmp_path, 
         assert all(throttled[operation] >= 1 for operation in THROTTLED_OPERATIONS), throttled
 
 
+@pytest.mark.slow
 def test_a_job_that_cannot_be_read_gets_an_unknown_row_in_real_airflow(tmp_path, monkeypatch, migrated_database):
     """The server refuses (AccessDeniedException) every DescribeTrainingJob of one model's training jobs: its
     lane completes (launch and wait read only the tuning job), its row says Unknown and why, the other
@@ -755,6 +759,7 @@ def test_a_job_that_cannot_be_read_gets_an_unknown_row_in_real_airflow(tmp_path,
         assert [launch["job_name"] for launch in replanned["launches"]] == [victim["job_name"]]
 
 
+@pytest.mark.slow
 def test_a_poking_wait_killed_stops_its_job_in_real_airflow(tmp_path, monkeypatch, migrated_database):
     """The wait pokes (deferrable=False) in `airflow dags test`; the process running it gets SIGTERM, which
     is what Airflow's supervisor sends a task it kills (a user marking it failed, a worker shut down): the

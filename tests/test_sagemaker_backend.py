@@ -347,6 +347,7 @@ def test_the_sagemaker_sdk_reads_a_job_this_project_launched(fake, tmp_path, mon
     assert tags["model-selection:model-id"] == MODELS[0] and tags["model-selection:run-id"] == "manual__test"
 
 
+@pytest.mark.slow
 def test_the_dag_end_to_end_on_sagemaker(fake, tmp_path):
     """plan, launch, wait, collect and report through `airflow dags test`, against the moto endpoint."""
     import os

@@ -331,6 +331,7 @@ def model_archive_file(s3, uri: str, member: str) -> bytes:
         return tar.extractfile(tar.getmember(member)).read()
 
 
+@pytest.mark.slow
 def test_the_dag_screens_jumpstart_twins_in_one_sagemaker_job_on_real_weights_and_tunes_only_the_best(
         tmp_path, monkeypatch):
     """Issue 22, item 1, through `airflow dags test` against moto's server: two JumpStart ids with an exact timm

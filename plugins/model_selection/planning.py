@@ -186,17 +186,14 @@ def plan_study(params: dict[str, Any], project_root: Path, jobs_root: str) -> di
         raise StudyError(f"two models were given the same tuning-job name: {sorted(names)}")
     return {"study": {**study.settings(), "test_examples": test_examples(study)}, "launches": launches,
             "skipped": skipped, "left_out": left_out,
-            "screen_job": plan_screen_job(study, launches, finished_entries(skipped, specs, translation), specs, rows,
+            "screen_job": plan_screen_job(study, launches, finished_entries(skipped, specs), specs, rows,
                                           project_root, jobs_root)}
 
 
-def finished_entries(skipped: list[str], specs: dict[str, dict[str, Any]],
-                     translation: Translation | None) -> list[dict[str, Any]]:
+def finished_entries(skipped: list[str], specs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """The models already fine-tuned under this configuration, shaped as launches for the screen to rank beside
     the others (they are never launched again)."""
-    return [{"model_id": model_id, "spec": specs[model_id], "attaching": False, "finished": True,
-             **({"twin": translation.twin(model_id)} if translation and translation.twin(model_id) else {})}
-            for model_id in skipped]
+    return [{"model_id": model_id, "spec": specs[model_id], "attaching": False} for model_id in skipped]
 
 
 def training_region(study: Study) -> str | None:
