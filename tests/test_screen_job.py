@@ -305,12 +305,17 @@ def gone(process: psutil.Process, timeout: float = 60) -> bool:
     return False
 
 
-def test_a_stopped_job_ends_stopped_with_its_program_ended_and_its_model_kept(client, dataset, tmp_path):
+def start_stoppable(client, dataset, tmp_path: Path, name: str) -> psutil.Process:
+    """A training job running STOPPABLE, once its program is ready; returns the program's process."""
     channels = dataset(classes=2, per_class=2, test=False, validation=False)
     archive = code_archive(tmp_path / "code.tar.gz", {"stoppable.py": STOPPABLE})
-    client.create_training_job(**training_request("stopped", archive, channels, tmp_path / "output", program="stoppable.py"))
-    wait_for_log(client, "stopped", "ready")
-    program = program_process(client, "stopped")
+    client.create_training_job(**training_request(name, archive, channels, tmp_path / "output", program="stoppable.py"))
+    wait_for_log(client, name, "ready")
+    return program_process(client, name)
+
+
+def test_a_stopped_job_ends_stopped_with_its_program_ended_and_its_model_kept(client, dataset, tmp_path):
+    program = start_stoppable(client, dataset, tmp_path, "stopped")
 
     assert client.stop_training_job(TrainingJobName="stopped") == {}
     assert client.describe_training_job(TrainingJobName="stopped")["TrainingJobStatus"] in ("Stopping", "Stopped")
@@ -327,11 +332,7 @@ def test_a_stopped_job_ends_stopped_with_its_program_ended_and_its_model_kept(cl
 
 
 def test_a_job_whose_runner_was_killed_is_failed_and_its_program_killed(client, dataset, tmp_path):
-    channels = dataset(classes=2, per_class=2, test=False, validation=False)
-    archive = code_archive(tmp_path / "code.tar.gz", {"stoppable.py": STOPPABLE})
-    client.create_training_job(**training_request("orphaned", archive, channels, tmp_path / "output", program="stoppable.py"))
-    wait_for_log(client, "orphaned", "ready")
-    program = program_process(client, "orphaned")
+    program = start_stoppable(client, dataset, tmp_path, "orphaned")
     runner = psutil.Process(client.store.read_state(client.store.training_dir("orphaned"))["SupervisorPid"])
     os.kill(runner.pid, signal.SIGKILL)
     assert gone(runner)
