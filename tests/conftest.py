@@ -7,9 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-from PIL import Image
+# pytest-xdist's workers run side by side: each worker's processes (trainers, Airflow, torch in the test itself)
+# get its share of the cores, as `OMP_NUM_THREADS`, which the local backend passes to its trainers as their cap.
+# Set before numpy and torch load. More OpenMP threads than free cores spin-wait for each other
+# (model_selection.local.supervisor.trainer_threads).
+XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if XDIST_WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // XDIST_WORKERS)))
+
+import numpy as np  # noqa: E402 - after the thread count above
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = PROJECT_ROOT / "plugins"

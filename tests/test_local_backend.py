@@ -166,6 +166,18 @@ def test_machine_wide_cap_holds_while_trainers_run(client, data, tmp_path, monke
     assert max(observed) == 2  # six trials wanted to run at once; the cap of two held, and was reached
 
 
+def test_trainers_share_the_cores_this_worker_may_use_at_most_its_thread_limit(monkeypatch):
+    from model_selection.local.supervisor import trainer_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)  # a cpuset of 8 cores
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert [trainer_threads(count) for count in (1, 3, 8, 16)] == [8, 2, 1, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert [trainer_threads(count) for count in (1, 3, 8)] == [2, 2, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")  # not a count: the cores decide
+    assert trainer_threads(1) == 8
+
+
 def test_failed_trials_report_the_trainers_reason(client, tmp_path):
     one_class = {"training": write_image_folders(tmp_path / "one-class", 1, 4)}
     client.create_hyper_parameter_tuning_job(**request("bad-data", one_class))

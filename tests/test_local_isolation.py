@@ -43,6 +43,7 @@ def test_supervisors_and_trainers_get_no_secret_from_the_environment(client, dat
         monkeypatch.setenv(name, value)
     probe = secrets.token_hex(8)
     monkeypatch.setenv("MODEL_SELECTION_ISOLATION_PROBE", probe)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the worker's cap on threads reaches the trainer, which uses it
     dumps = tmp_path / "environment-dumps"
     monkeypatch.setenv("MODEL_SELECTION_LOCAL_PYTHON", str(environment_dumping_python(dumps)))
 
@@ -63,7 +64,7 @@ def test_supervisors_and_trainers_get_no_secret_from_the_environment(client, dat
         assert f"MODEL_SELECTION_ISOLATION_PROBE={probe}" in lines
         assert "HF_HUB_OFFLINE=1" in lines
         assert any(line.startswith("PYTHONPATH=" + str(PLUGINS_DIR)) for line in lines)
-    assert any(line.startswith("OMP_NUM_THREADS=") for line in log.splitlines())
+    assert "OMP_NUM_THREADS=1" in log.splitlines() and ", 1 threads," in log
 
     scanned = [path for root in (client.store.root, dumps) for path in root.rglob("*") if path.is_file()]
     assert len(scanned) >= 8

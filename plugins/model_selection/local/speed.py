@@ -41,7 +41,7 @@ from model_selection.local.hyperparameters import Hyperparameters, parse_hyperpa
 from model_selection.local.images import ImageFiles, Preprocessing
 from model_selection.local.jobstore import JobStore, now
 from model_selection.local.model import build_model
-from model_selection.local.supervisor import MachineSlots, local_path, machine_trainer_cap
+from model_selection.local.supervisor import MachineSlots, local_path, machine_trainer_cap, trainer_threads
 from model_selection.local.train import environment, resolve_device
 
 LOG = logging.getLogger(__name__)
@@ -264,14 +264,15 @@ def measure_speed(
 ) -> dict[str, dict[str, Any]]:
     """Figures per model id (see the module docstring); a model that cannot be loaded or run gets an `error` entry.
 
-    `threads` None means all the machine's cores. The caller holds the machine (see `speed_pass_for_rows`).
+    `threads` None means every core this process may use, at most `OMP_NUM_THREADS`. The caller holds the
+    machine (see `speed_pass_for_rows`).
     """
     if rounds < 1 or batch_size < 1 or warm_up_passes < 1:
         raise ValueError(
             f"rounds ({rounds}), batch_size ({batch_size}) and warm_up_passes ({warm_up_passes}) must be at least 1"
         )
     settings = Settings(batch_size, rounds, round_seconds, warm_up_passes, resolve_device(device),
-                        threads or os.cpu_count() or 1, seed)
+                        threads or trainer_threads(1), seed)
     sample = sample_test_images(Path(test_dir), BATCHES_OF_TEST_IMAGES * batch_size)
     results: dict[str, dict[str, Any]] = {}
     timed: dict[str, TimedModel] = {}
