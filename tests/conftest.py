@@ -9,7 +9,8 @@ from pathlib import Path
 
 # pytest-xdist's workers run side by side: each worker's processes (trainers, Airflow, torch in the test itself)
 # get its share of the cores, as `OMP_NUM_THREADS`, which the local backend passes to its trainers as their cap.
-# Set before numpy and torch load. More OpenMP threads than free cores spin-wait for each other
+# Set before numpy and torch load, so the cores are counted here: importing the supervisor's `usable_cores`
+# would load numpy first. More OpenMP threads than free cores spin-wait for each other
 # (model_selection.local.supervisor.trainer_threads).
 XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if XDIST_WORKERS > 1:
